@@ -1,0 +1,299 @@
+//! The persistent catalog: schemas, tables, views, external tables and users, kept under the
+//! warehouse root so that a restarted server, or a second server on the same root, sees the
+//! same objects.
+//!
+//! Storage: one JSON document per catalog version at `<root>/_tally/catalog/<version>.json`,
+//! written with a conditional put (create-if-absent). Two writers racing for the same version
+//! cannot both win: the loser reloads and re-applies its change ([`CatalogStore::mutate`]), the
+//! same optimistic protocol as the Delta log. Readers look for the next version before each
+//! statement, which costs one HEAD on object storage.
+
+pub mod provider;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TallyError};
+use crate::storage::Warehouse;
+
+/// The schema every warehouse starts with, and the default `search_path`.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The database name clients connect to.
+pub const DATABASE: &str = "tally";
+/// Schemas that belong to the system and cannot be created, dropped or written by users.
+pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_temp"];
+
+const CATALOG_DIR: &str = "_tally/catalog";
+/// How many times a catalog change is re-applied after losing a race before giving up.
+const MAX_COMMIT_ATTEMPTS: usize = 20;
+
+/// One version of the whole catalog.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatalogDoc {
+    /// Version number; the file name carries it too.
+    #[serde(default)]
+    pub version: u64,
+    /// Schemas by (normalised) name.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, SchemaEntry>,
+    /// Users created with `CREATE USER` (users from `tally.toml` are not stored here).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserEntry>,
+}
+
+/// A schema and its relations (tables, views and external tables share one namespace).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SchemaEntry {
+    /// Relations by name.
+    #[serde(default)]
+    pub relations: BTreeMap<String, Relation>,
+}
+
+/// A named relation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Relation {
+    /// A Delta table under the warehouse root.
+    Table(TableEntry),
+    /// A view, stored as its SQL and planned when used.
+    View(ViewEntry),
+    /// An external table over files at a URL, stored as its `CREATE EXTERNAL TABLE` text.
+    External(ExternalEntry),
+}
+
+impl Relation {
+    /// "table", "view" or "external table", for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Relation::Table(_) => "table",
+            Relation::View(_) => "view",
+            Relation::External(_) => "external table",
+        }
+    }
+}
+
+/// A Delta table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// Location relative to the warehouse root, ending in `/`. It does not change on
+    /// `ALTER TABLE ... RENAME`, since object stores cannot move a folder atomically.
+    pub location: String,
+    /// PostgreSQL type names as declared, by column, where they say more than the Arrow type
+    /// (`uuid`, `jsonb`, `varchar(20)`).
+    #[serde(default)]
+    pub pg_types: BTreeMap<String, String>,
+    /// Columns declared NOT NULL or PRIMARY KEY.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// `COMMENT ON TABLE`.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// A view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewEntry {
+    /// The query text.
+    pub sql: String,
+    /// Schema that was the default when the view was created, for resolving its names.
+    #[serde(default)]
+    pub default_schema: Option<String>,
+}
+
+/// An external table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalEntry {
+    /// The full `CREATE EXTERNAL TABLE` statement, re-planned when the table is used.
+    pub sql: String,
+    /// Where the files are.
+    pub location: String,
+}
+
+/// A user that logs in with SCRAM-SHA-256. Only the salted password is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// Salt, hex.
+    pub salt: String,
+    /// SCRAM SaltedPassword, hex.
+    pub salted_password: String,
+    /// May write server-side files and manage users.
+    #[serde(default)]
+    pub superuser: bool,
+}
+
+impl CatalogDoc {
+    fn initial() -> Self {
+        let mut doc = CatalogDoc::default();
+        doc.schemas
+            .insert(DEFAULT_SCHEMA.to_string(), SchemaEntry::default());
+        doc
+    }
+
+    /// The relation `schema.name`, if any.
+    pub fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.schemas.get(schema)?.relations.get(name)
+    }
+
+    /// Every table location referenced by the catalog.
+    pub fn table_locations(&self) -> impl Iterator<Item = &str> {
+        self.schemas.values().flat_map(|s| {
+            s.relations.values().filter_map(|r| match r {
+                Relation::Table(t) => Some(t.location.as_str()),
+                _ => None,
+            })
+        })
+    }
+}
+
+/// Reads and commits catalog versions.
+#[derive(Debug)]
+pub struct CatalogStore {
+    warehouse: Warehouse,
+    current: RwLock<Arc<CatalogDoc>>,
+    commit_lock: tokio::sync::Mutex<()>,
+}
+
+impl CatalogStore {
+    /// Loads the latest catalog version, creating version 1 on an empty warehouse.
+    pub async fn open(warehouse: Warehouse) -> Result<Arc<CatalogStore>> {
+        let dir = warehouse.path_of(CATALOG_DIR);
+        let metas: Vec<_> = warehouse.store.list(Some(&dir)).try_collect().await?;
+        let latest = metas
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .max();
+        let store = Arc::new(CatalogStore {
+            warehouse,
+            current: RwLock::new(Arc::new(CatalogDoc::default())),
+            commit_lock: tokio::sync::Mutex::new(()),
+        });
+        match latest {
+            Some(v) => {
+                let doc = store.read_version(v).await?.ok_or_else(|| {
+                    TallyError::Internal(format!("catalog version {v} vanished while opening"))
+                })?;
+                *store.current.write() = Arc::new(doc);
+                store.refresh().await?;
+            }
+            None => {
+                let mut doc = CatalogDoc::initial();
+                doc.version = 1;
+                match store.write_version(&doc).await {
+                    Ok(()) => *store.current.write() = Arc::new(doc),
+                    // Another server initialised the same root at the same moment.
+                    Err(TallyError::Conflict(_)) => {
+                        let doc = store.read_version(1).await?.unwrap_or_default();
+                        *store.current.write() = Arc::new(doc);
+                        store.refresh().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The warehouse the catalog lives in.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// The latest version this process has seen.
+    pub fn current(&self) -> Arc<CatalogDoc> {
+        self.current.read().clone()
+    }
+
+    /// Picks up versions committed by other servers since the last look.
+    pub async fn refresh(&self) -> Result<Arc<CatalogDoc>> {
+        loop {
+            let next = self.current().version + 1;
+            match self.read_version(next).await? {
+                Some(doc) => {
+                    let mut cur = self.current.write();
+                    if cur.version < doc.version {
+                        *cur = Arc::new(doc);
+                    }
+                }
+                None => return Ok(self.current()),
+            }
+        }
+    }
+
+    /// Applies `change` to the latest catalog and commits the result as the next version,
+    /// re-applying it on top of a concurrent commit when one wins the race.
+    pub async fn mutate<T>(&self, change: impl Fn(&mut CatalogDoc) -> Result<T>) -> Result<T> {
+        let _guard = self.commit_lock.lock().await;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let base = self.refresh().await?;
+            let mut doc = (*base).clone();
+            let out = change(&mut doc)?;
+            doc.version = base.version + 1;
+            match self.write_version(&doc).await {
+                Ok(()) => {
+                    *self.current.write() = Arc::new(doc);
+                    return Ok(out);
+                }
+                Err(TallyError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(TallyError::Conflict(
+            "could not commit the catalog change: too many concurrent changes".into(),
+        ))
+    }
+
+    async fn read_version(&self, version: u64) -> Result<Option<CatalogDoc>> {
+        let path = self
+            .warehouse
+            .path_of(&format!("{CATALOG_DIR}/{version:020}.json"));
+        match self.warehouse.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                let mut doc: CatalogDoc = serde_json::from_slice(&bytes).map_err(|e| {
+                    TallyError::Internal(format!("catalog version {version} is unreadable: {e}"))
+                })?;
+                doc.version = version;
+                Ok(Some(doc))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_version(&self, doc: &CatalogDoc) -> Result<()> {
+        let path = self
+            .warehouse
+            .path_of(&format!("{CATALOG_DIR}/{:020}.json", doc.version));
+        let body = serde_json::to_vec_pretty(doc)
+            .map_err(|e| TallyError::Internal(format!("cannot encode catalog: {e}")))?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .warehouse
+            .store
+            .put_opts(&path, PutPayload::from(Bytes::from(body)), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(TallyError::Conflict(format!(
+                "catalog version {} was committed concurrently",
+                doc.version
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

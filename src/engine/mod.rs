@@ -1,0 +1,261 @@
+//! The shared engine: the warehouse, the catalog, the runtime (memory pool with spilling) and
+//! a template session state with every function registered. Each client connection gets its
+//! own [`Session`], a cheap clone of the template with its own settings, temporary tables and
+//! transaction, over the shared catalog.
+
+mod pg_compat;
+pub mod session;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProviderList, SchemaProvider};
+use datafusion::execution::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+
+pub use session::Session;
+
+use crate::catalog::provider::{CatalogView, TableCache};
+use crate::catalog::{CatalogStore, DATABASE, DEFAULT_SCHEMA};
+use crate::config::Config;
+use crate::error::{Result, TallyError};
+use crate::storage::Warehouse;
+
+/// PostgreSQL version tally reports, so that drivers and tools pick their PostgreSQL code paths.
+pub const PG_VERSION: &str = "16.6";
+
+/// Everything sessions share.
+pub struct Engine {
+    /// Settings the engine was opened with.
+    pub config: Config,
+    /// The catalog store under the warehouse root.
+    pub catalog: Arc<CatalogStore>,
+    /// Open Delta tables.
+    pub tables: Arc<TableCache>,
+    system_schemas: Arc<DashMap<String, Arc<dyn SchemaProvider>>>,
+    template: SessionState,
+    /// Keeps the template context alive: the engine-wide catalog view plans views with it
+    /// (pg_catalog lists every relation, views included).
+    _template_ctx: SessionContext,
+    config_credentials: std::collections::HashMap<String, Credentials>,
+    next_session_id: std::sync::atomic::AtomicU32,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a statement as running while alive, so shutdown can wait for commits to finish.
+pub struct RunningGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data", &self.config.data)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the warehouse named by `config.data` and prepares the template session.
+    pub async fn open(config: Config) -> Result<Arc<Engine>> {
+        let options = config.storage.clone().into_iter().collect();
+        let warehouse = Warehouse::open(&config.data, options)?;
+        let catalog = CatalogStore::open(warehouse.clone()).await?;
+        let tables = Arc::new(TableCache::new(catalog.clone()));
+
+        let mut disk = DiskManagerBuilder::default();
+        if let Some(dir) = &config.spill_dir {
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit, 1.0)
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        runtime.register_object_store(&warehouse.root, warehouse.store.clone());
+
+        let session_config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .set_bool("datafusion.sql_parser.enable_ident_normalization", true)
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // Delta and PostgreSQL clients expect plain Utf8 strings.
+            .set_bool(
+                "datafusion.execution.parquet.schema_force_view_types",
+                false,
+            )
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
+        let system_schemas: Arc<DashMap<String, Arc<dyn SchemaProvider>>> =
+            Arc::new(DashMap::new());
+        let base = CatalogView::new(catalog.clone(), tables.clone(), system_schemas.clone());
+        let list = Arc::new(MemoryCatalogProviderList::new());
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            list.as_ref(),
+            DATABASE.to_string(),
+            Arc::new(base.clone()) as Arc<dyn CatalogProvider>,
+        );
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            // delta-rs operations (UPDATE, DELETE, MERGE, writes) plan their own nodes.
+            .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+            .with_catalog_list(list)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        base.attach_state(&ctx.state_ref());
+        setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
+            .map_err(|e| TallyError::Internal(format!("pg_catalog setup failed: {e}")))?;
+        tally_udfs::register_all(&ctx);
+        pg_compat::register(&ctx);
+        {
+            let mut builder = SessionStateBuilder::new_from_existing(ctx.state());
+            let inner = builder.type_planner().take();
+            *builder.type_planner() = Some(Arc::new(pg_compat::PgTypePlanner { inner }));
+            *ctx.state_ref().write() = builder.build();
+        }
+        let template = ctx.state();
+        let config_credentials = config
+            .users
+            .iter()
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Credentials::from_password(&u.password, u.superuser),
+                )
+            })
+            .collect();
+        Ok(Arc::new(Engine {
+            config_credentials,
+            _template_ctx: ctx,
+            config,
+            catalog,
+            tables,
+            system_schemas,
+            template,
+            next_session_id: std::sync::atomic::AtomicU32::new(1),
+            running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }))
+    }
+
+    /// A new session for `user`.
+    pub fn new_session(self: &Arc<Self>, user: &str) -> Session {
+        let view = CatalogView::new(
+            self.catalog.clone(),
+            self.tables.clone(),
+            self.system_schemas.clone(),
+        );
+        let list = Arc::new(MemoryCatalogProviderList::new());
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            list.as_ref(),
+            DATABASE.to_string(),
+            Arc::new(view.clone()) as Arc<dyn CatalogProvider>,
+        );
+        let state = SessionStateBuilder::new_from_existing(self.template.clone())
+            .with_catalog_list(list)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        view.attach_state(&ctx.state_ref());
+        let id = self
+            .next_session_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Session::new(self.clone(), ctx, view, user.to_string(), id)
+    }
+
+    /// Marks a statement as running until the guard drops.
+    pub fn statement_started(&self) -> RunningGuard {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RunningGuard(self.running.clone())
+    }
+
+    /// Statements running right now.
+    pub fn running_statements(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The warehouse.
+    pub fn warehouse(&self) -> &Warehouse {
+        self.catalog.warehouse()
+    }
+}
+
+/// SCRAM-SHA-256 iterations for stored passwords (PostgreSQL's default).
+pub const SCRAM_ITERATIONS: usize = 4096;
+
+/// What the server needs to check a password: the salt and the SCRAM SaltedPassword.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Random salt.
+    pub salt: Vec<u8>,
+    /// PBKDF2-SHA-256 of the password with `salt` and [`SCRAM_ITERATIONS`].
+    pub salted_password: Vec<u8>,
+    /// May write server-side files and manage users.
+    pub superuser: bool,
+}
+
+impl Credentials {
+    /// Hashes a clear-text password with a fresh salt.
+    pub fn from_password(password: &str, superuser: bool) -> Credentials {
+        let salt: [u8; 16] = rand::random();
+        let salted_password =
+            pgwire::api::auth::sasl::scram::gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        Credentials {
+            salt: salt.to_vec(),
+            salted_password,
+            superuser,
+        }
+    }
+}
+
+impl Engine {
+    /// Whether any user is defined (in `tally.toml` or with CREATE USER). Without users,
+    /// tally trusts loopback connections, as PostgreSQL's default `trust` for local sockets.
+    pub fn has_users(&self) -> bool {
+        !self.config.users.is_empty() || !self.catalog.current().users.is_empty()
+    }
+
+    /// The credentials of `user`, if it may log in with a password.
+    pub fn credentials(&self, user: &str) -> Option<Credentials> {
+        if let Some(c) = self.config_credentials.get(user) {
+            return Some(c.clone());
+        }
+        let doc = self.catalog.current();
+        let u = doc.users.get(user)?;
+        Some(Credentials {
+            salt: hex_decode(&u.salt)?,
+            salted_password: hex_decode(&u.salted_password)?,
+            superuser: u.superuser,
+        })
+    }
+
+    /// Whether `user` holds the superuser privilege. With no users defined, the local
+    /// trusted user does.
+    pub fn is_superuser(&self, user: &str) -> bool {
+        if !self.has_users() {
+            return true;
+        }
+        self.credentials(user).is_some_and(|c| c.superuser)
+    }
+}
+
+/// Lower-case hex, for salts and hashes stored in the catalog.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}

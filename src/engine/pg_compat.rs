@@ -1,0 +1,475 @@
+//! PostgreSQL system functions that drivers and tools call during start-up and introspection
+//! (`version()`, `current_setting()`, `pg_get_serial_sequence()`, ...), beyond those
+//! datafusion-pg-catalog provides. Each returns what PostgreSQL returns for a database
+//! without the feature in question (no sequences, no comments, every function visible).
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result as DFResult, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+use parking_lot::RwLock;
+
+use super::PG_VERSION;
+
+/// A function of fixed result that accepts the argument shapes PostgreSQL's does.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConstFn {
+    name: &'static str,
+    signature: Signature,
+    value: ScalarValue,
+}
+
+impl ConstFn {
+    fn udf(name: &'static str, arities: &[usize], value: ScalarValue) -> ScalarUDF {
+        let sigs = arities
+            .iter()
+            .map(|n| TypeSignature::Any(*n))
+            .collect::<Vec<_>>();
+        let sigs = if arities.contains(&0) {
+            let mut s: Vec<TypeSignature> = sigs
+                .into_iter()
+                .filter(|t| *t != TypeSignature::Any(0))
+                .collect();
+            s.push(TypeSignature::Nullary);
+            s
+        } else {
+            sigs
+        };
+        ScalarUDF::new_from_impl(ConstFn {
+            name,
+            signature: Signature::one_of(sigs, Volatility::Stable),
+            value,
+        })
+    }
+}
+
+impl ScalarUDFImpl for ConstFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(self.value.data_type())
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// The `version()` string: PostgreSQL's shape, which drivers (SQLAlchemy, JDBC) parse.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {PG_VERSION} (tally {}) on x86_64-pc-linux-gnu, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Registers the engine-wide compatibility functions.
+pub fn register(ctx: &SessionContext) {
+    let text = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
+    let null_text = ScalarValue::Utf8(None);
+    for udf in [
+        ConstFn::udf("version", &[0], text(&version_string())),
+        ConstFn::udf("pg_get_serial_sequence", &[2], null_text.clone()),
+        ConstFn::udf(
+            "pg_function_is_visible",
+            &[1],
+            ScalarValue::Boolean(Some(true)),
+        ),
+        ConstFn::udf("pg_type_is_visible", &[1], ScalarValue::Boolean(Some(true))),
+        ConstFn::udf("pg_is_in_recovery", &[0], ScalarValue::Boolean(Some(false))),
+        ConstFn::udf("to_regtype", &[1], null_text.clone()),
+        ConstFn::udf("to_regclass", &[1], null_text.clone()),
+        ConstFn::udf("obj_description", &[1, 2], null_text.clone()),
+        ConstFn::udf("col_description", &[2], null_text.clone()),
+        ConstFn::udf("shobj_description", &[2], null_text.clone()),
+        ConstFn::udf("pg_get_indexdef", &[1, 3], null_text.clone()),
+        ConstFn::udf("pg_get_viewdef", &[1, 2], null_text.clone()),
+        ConstFn::udf("pg_get_triggerdef", &[1, 2], null_text.clone()),
+        ConstFn::udf("pg_get_function_identity_arguments", &[1], text("")),
+        ConstFn::udf("pg_get_function_result", &[1], null_text.clone()),
+        ConstFn::udf("pg_get_function_arguments", &[1], text("")),
+        ConstFn::udf("txid_current", &[0], ScalarValue::Int64(Some(1))),
+        ConstFn::udf("pg_postmaster_start_time", &[0], null_text.clone()),
+        ConstFn::udf("inet_server_addr", &[0], null_text.clone()),
+        ConstFn::udf("pg_encoding_max_length", &[1], ScalarValue::Int32(Some(4))),
+        ConstFn::udf("pg_tablespace_location", &[1], text("")),
+    ] {
+        ctx.register_udf(udf);
+    }
+    register_functions(ctx);
+}
+
+/// Session settings shared between the session and its `current_setting()` function.
+pub type Settings = Arc<RwLock<BTreeMap<String, String>>>;
+
+/// `current_setting(name [, missing_ok])`, reading the calling session's settings.
+#[derive(Debug)]
+pub struct CurrentSetting {
+    settings: Settings,
+    signature: Signature,
+}
+
+impl PartialEq for CurrentSetting {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.settings, &other.settings)
+    }
+}
+impl Eq for CurrentSetting {}
+impl Hash for CurrentSetting {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "current_setting".hash(state)
+    }
+}
+
+impl CurrentSetting {
+    /// The function for one session.
+    pub fn udf(settings: Settings) -> ScalarUDF {
+        ScalarUDF::new_from_impl(CurrentSetting {
+            settings,
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(1), TypeSignature::Any(2)],
+                Volatility::Stable,
+            ),
+        })
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let settings = self.settings.read();
+        let lookup = |name: &str| settings.get(&name.to_ascii_lowercase()).cloned();
+        match &args.args[0] {
+            ColumnarValue::Scalar(s) => {
+                let name = s.to_string();
+                let v = lookup(name.trim_matches('\''));
+                if v.is_none() && args.args.len() == 1 {
+                    return Err(datafusion::error::DataFusionError::External(Box::new(
+                        crate::error::TallyError::NotFound {
+                            kind: "configuration parameter",
+                            name,
+                        },
+                    )));
+                }
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(v)))
+            }
+            ColumnarValue::Array(a) => {
+                let names = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+                let names = names
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| datafusion::error::DataFusionError::Internal("cast".into()))?;
+                let mut b = StringBuilder::new();
+                for i in 0..names.len() {
+                    if names.is_null(i) {
+                        b.append_null();
+                    } else {
+                        b.append_option(lookup(names.value(i)));
+                    }
+                }
+                Ok(ColumnarValue::Array(Arc::new(b.finish()) as ArrayRef))
+            }
+        }
+    }
+}
+
+/// `session_user` / `current_user` for one session: the login user.
+pub fn user_udf(name: &'static str, user: &str) -> ScalarUDF {
+    ConstFn::udf(name, &[0], ScalarValue::Utf8(Some(user.to_string())))
+}
+
+/// `set_config(name, value, is_local)`: sets a session setting and returns the value.
+/// Settings changed this way are recorded for SHOW and `current_setting()`; those with an
+/// engine effect (`search_path`, `statement_timeout`) take effect through `SET`.
+#[derive(Debug)]
+pub struct SetConfig {
+    settings: Settings,
+    signature: Signature,
+}
+
+impl PartialEq for SetConfig {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.settings, &other.settings)
+    }
+}
+impl Eq for SetConfig {}
+impl Hash for SetConfig {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "set_config".hash(state)
+    }
+}
+
+impl SetConfig {
+    /// The function for one session.
+    pub fn udf(settings: Settings) -> ScalarUDF {
+        ScalarUDF::new_from_impl(SetConfig {
+            settings,
+            signature: Signature::any(3, Volatility::Volatile),
+        })
+    }
+}
+
+impl ScalarUDFImpl for SetConfig {
+    fn name(&self) -> &str {
+        "set_config"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let values = datafusion::arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
+        let (names, values) = match (
+            names.as_any().downcast_ref::<StringArray>(),
+            values.as_any().downcast_ref::<StringArray>(),
+        ) {
+            (Some(n), Some(v)) => (n.clone(), v.clone()),
+            _ => {
+                return Err(datafusion::error::DataFusionError::Internal(
+                    "set_config".into(),
+                ));
+            }
+        };
+        let mut out = StringBuilder::new();
+        let mut settings = self.settings.write();
+        for i in 0..names.len() {
+            if names.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let v = if values.is_null(i) {
+                String::new()
+            } else {
+                values.value(i).to_string()
+            };
+            settings.insert(names.value(i).to_ascii_lowercase(), v.clone());
+            out.append_value(v);
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        Ok(if args.number_rows == 1 && arrays[0].len() == 1 {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+        } else {
+            ColumnarValue::Array(array)
+        })
+    }
+}
+
+/// Plans PostgreSQL type names DataFusion lacks (`uuid`, `json`, `jsonb`, `name`,
+/// `citext`) as text, then defers to the catalog's planner (regclass and friends).
+#[derive(Debug)]
+pub struct PgTypePlanner {
+    /// The planner it wraps.
+    pub inner: Option<Arc<dyn datafusion::logical_expr::planner::TypePlanner>>,
+}
+
+impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
+    fn plan_type_field(
+        &self,
+        sql_type: &datafusion::sql::sqlparser::ast::DataType,
+    ) -> DFResult<Option<datafusion::arrow::datatypes::FieldRef>> {
+        use datafusion::sql::sqlparser::ast::DataType as S;
+        let text = || {
+            Ok(Some(Arc::new(datafusion::arrow::datatypes::Field::new(
+                "",
+                DataType::Utf8,
+                true,
+            ))))
+        };
+        match sql_type {
+            S::Uuid | S::JSON | S::JSONB => return text(),
+            S::Custom(name, _) => {
+                let n = name.to_string().to_ascii_lowercase();
+                if matches!(
+                    n.trim_matches('"'),
+                    "name" | "citext" | "jsonb" | "json" | "uuid" | "bpchar"
+                ) {
+                    return text();
+                }
+            }
+            _ => {}
+        }
+        match &self.inner {
+            Some(p) => p.plan_type_field(sql_type),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `quote_literal(text)`: the value as a SQL string literal.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct QuoteLiteral {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for QuoteLiteral {
+    fn name(&self) -> &str {
+        "quote_literal"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let strings = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let strings = strings
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("quote_literal".into()))?;
+        let out: StringArray = strings
+            .iter()
+            .map(|v| {
+                v.map(|s| {
+                    if s.contains('\\') {
+                        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+                    } else {
+                        format!("'{}'", s.replace('\'', "''"))
+                    }
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `pg_typeof(any)`: the PostgreSQL type name of the argument.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgTypeof {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let name = crate::wire::types::pg_type_name(args.arg_fields[0].data_type());
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object from alternating keys and values.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+    fn aliases(&self) -> &[String] {
+        static A: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["jsonb_build_object".into()]);
+        &A
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return Err(datafusion::error::DataFusionError::Plan(
+                "argument list must have even number of elements".into(),
+            ));
+        }
+        let n = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<DFResult<_>>()?;
+        let mut out = StringBuilder::new();
+        for row in 0..n {
+            let mut obj = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                let value = ScalarValue::try_from_array(&pair[1], row)?;
+                let key = match key {
+                    ScalarValue::Utf8(Some(k))
+                    | ScalarValue::Utf8View(Some(k))
+                    | ScalarValue::LargeUtf8(Some(k)) => k,
+                    other if other.is_null() => {
+                        return Err(datafusion::error::DataFusionError::Execution(
+                            "null value not allowed for object key".into(),
+                        ));
+                    }
+                    other => other.to_string(),
+                };
+                obj.insert(key, scalar_json(&value));
+            }
+            out.append_value(serde_json::Value::Object(obj).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+fn scalar_json(v: &ScalarValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return J::Null;
+    }
+    match v {
+        ScalarValue::Boolean(Some(b)) => J::Bool(*b),
+        ScalarValue::Int8(Some(x)) => J::from(*x),
+        ScalarValue::Int16(Some(x)) => J::from(*x),
+        ScalarValue::Int32(Some(x)) => J::from(*x),
+        ScalarValue::Int64(Some(x)) => J::from(*x),
+        ScalarValue::UInt8(Some(x)) => J::from(*x),
+        ScalarValue::UInt16(Some(x)) => J::from(*x),
+        ScalarValue::UInt32(Some(x)) => J::from(*x),
+        ScalarValue::UInt64(Some(x)) => J::from(*x),
+        ScalarValue::Float32(Some(x)) => J::from(*x),
+        ScalarValue::Float64(Some(x)) => J::from(*x),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => J::String(s.clone()),
+        other => J::String(other.to_string()),
+    }
+}
+
+/// Registers the functions above that do not depend on the session.
+pub fn register_functions(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(QuoteLiteral {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
+    ctx.register_udf(ScalarUDF::new_from_impl(PgTypeof {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    }));
+}

@@ -1,0 +1,22 @@
+//! tally: the customer data stack as one SQL engine.
+//!
+//! Module map (imports run downward only):
+//! - [`config`]: settings from flags, `TALLY_*` environment, `tally.toml` and defaults.
+//! - [`wire`]: the PostgreSQL wire protocol front end (pgwire handlers, auth, COPY, encoding).
+//! - [`statements`]: tally's SQL surface: parsing in front of DataFusion and executing each statement.
+//! - [`engine`]: the shared engine (runtime, memory pool, functions) and per-connection sessions.
+//! - [`catalog`]: the persistent catalog under the warehouse root and its DataFusion providers.
+//! - [`storage`]: object stores from URLs and Delta Lake tables as DataFusion tables.
+//! - [`error`]: the error type of the engine layers and its SQLSTATE mapping.
+//! - [`server`]: runs the listeners of `tally serve` and their graceful shutdown.
+
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod server;
+pub mod statements;
+pub mod storage;
+pub mod wire;
+
+pub use error::{Result, TallyError};

@@ -1,0 +1,115 @@
+//! `tally serve`: binds the PostgreSQL and HTTP listeners over one engine and shuts them
+//! down gracefully: on SIGINT/SIGTERM the listeners stop accepting, statements already
+//! running (and their commits) finish, then the process exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Result, TallyError};
+
+/// A running server.
+pub struct RunningServer {
+    /// The engine behind the listeners.
+    pub engine: Arc<Engine>,
+    /// Where PostgreSQL clients connect (the real port when 0 was asked).
+    pub pg_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+}
+
+/// Opens the warehouse and starts both listeners.
+pub async fn start(config: Config) -> Result<RunningServer> {
+    let engine = Engine::open(config.clone()).await?;
+    if !config.pg_listen.ip().is_loopback() && !engine.has_users() {
+        return Err(TallyError::Config(format!(
+            "refusing to listen on {} without authentication: define users in tally.toml ([users.NAME] password = \"...\") or listen on a loopback address",
+            config.pg_listen
+        )));
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::wire::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let pg = TcpListener::bind(config.pg_listen)
+        .await
+        .map_err(|e| TallyError::Config(format!("cannot listen on {}: {e}", config.pg_listen)))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| TallyError::Config(format!("cannot listen on {}: {e}", config.http_listen)))?;
+    let pg_addr = pg
+        .local_addr()
+        .map_err(|e| TallyError::Internal(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| TallyError::Internal(e.to_string()))?;
+    let (tx, rx) = watch::channel(false);
+    let pg_task = tokio::spawn(crate::wire::serve(engine.clone(), pg, tls, rx.clone()));
+    let http_task = tokio::spawn(serve_http(http, rx));
+    tracing::info!(%pg_addr, %http_addr, data = %config.data, "tally is ready");
+    Ok(RunningServer {
+        engine,
+        pg_addr,
+        http_addr,
+        shutdown: tx,
+        tasks: vec![pg_task, http_task],
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, lets running statements finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.engine.running_statements() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn serve_http(listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let app = axum::Router::new().route("/health", axum::routing::get(health));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .map_err(|e| TallyError::Internal(format!("HTTP server: {e}")))
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,338 @@
+//! Queries and DML (INSERT, UPDATE, DELETE, TRUNCATE, MERGE) through DataFusion. Table
+//! writes reach the Delta tables through their providers' DML hooks, each one atomic commit.
+//! Also the extended protocol's prepared statements: planned once with placeholders,
+//! executed with bound values.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
+
+use super::{Completion, Output, Parsed, TallyStatement};
+use crate::engine::Session;
+use crate::error::{Result, TallyError, unwrap_datafusion};
+
+/// Plans a sqlparser statement with the session's state; queries get PostgreSQL's column
+/// names.
+pub async fn plan(session: &Session, stmt: Statement) -> Result<LogicalPlan> {
+    let is_query = matches!(stmt, Statement::Query(_));
+    let state = session.ctx.state();
+    let plan = state
+        .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+        .await
+        .map_err(map_plan_error)?;
+    if is_query {
+        pg_column_names(plan)
+    } else {
+        Ok(plan)
+    }
+}
+
+/// The name PostgreSQL gives an unaliased result column: the column's own name, the
+/// function's name (`count(*)` is `count`), else `?column?`.
+fn pg_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Alias(_) | Expr::Column(_) => None,
+        Expr::ScalarFunction(f) => Some(f.name().to_string()),
+        Expr::AggregateFunction(a) => Some(a.func.name().to_string()),
+        Expr::WindowFunction(w) => Some(w.fun.name().to_string()),
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Column(col) => Some(col.name.clone()),
+            inner => pg_name(inner),
+        },
+        Expr::TryCast(c) => pg_name(&c.expr),
+        _ => Some("?column?".to_string()),
+    }
+}
+
+fn pg_column_names(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let mut node = &plan;
+    loop {
+        match node {
+            LogicalPlan::Sort(s) => node = s.input.as_ref(),
+            LogicalPlan::Limit(l) => node = l.input.as_ref(),
+            _ => break,
+        }
+    }
+    let LogicalPlan::Projection(p) = node else {
+        return Ok(plan);
+    };
+    let wanted: Vec<Option<String>> = p.expr.iter().map(pg_name).collect();
+    if wanted.iter().all(Option::is_none) {
+        return Ok(plan);
+    }
+    let schema = plan.schema().clone();
+    let mut taken: std::collections::HashSet<String> =
+        schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut exprs = Vec::with_capacity(schema.fields().len());
+    let mut changed = false;
+    for (i, (qualifier, field)) in schema.iter().enumerate() {
+        let column = Expr::Column(datafusion::common::Column::new(
+            qualifier.cloned(),
+            field.name(),
+        ));
+        match wanted.get(i).cloned().flatten() {
+            Some(name) if name != *field.name() && !taken.contains(&name) => {
+                taken.insert(name.clone());
+                changed = true;
+                exprs.push(column.alias(name));
+            }
+            _ => exprs.push(column),
+        }
+    }
+    if !changed {
+        return Ok(plan);
+    }
+    datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+        .project(exprs)
+        .and_then(|b| b.build())
+        .map_err(unwrap_datafusion)
+}
+
+/// Gives DataFusion's "table not found" the PostgreSQL wording and code.
+pub fn map_plan_error(e: datafusion::error::DataFusionError) -> TallyError {
+    let t = unwrap_datafusion(e);
+    if let TallyError::DataFusion(d) = &t {
+        let msg = d.to_string();
+        if let Some(rest) = msg.split("table '").nth(1)
+            && let Some(name) = rest.split("' not found").next()
+            && msg.contains("not found")
+        {
+            let short = name.rsplit('.').next().unwrap_or(name).to_string();
+            return TallyError::no_relation(short);
+        }
+    }
+    t
+}
+
+fn guard(plan: &LogicalPlan) -> Result<()> {
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_))
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::Statement(_) => Err(TallyError::Unsupported(
+            "this statement cannot run as a query".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a query and streams its rows.
+pub async fn run_query(session: &Session, stmt: Statement) -> Result<Output> {
+    let plan = plan(session, stmt).await?;
+    stream_plan(session, plan).await
+}
+
+async fn stream_plan(session: &Session, plan: LogicalPlan) -> Result<Output> {
+    guard(&plan)?;
+    let df = session
+        .ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(map_plan_error)?;
+    let stream = df.execute_stream().await.map_err(map_plan_error)?;
+    Ok(Output::Rows(stream))
+}
+
+/// Runs a DML statement to completion and reports the affected rows.
+pub async fn run_dml(session: &Session, stmt: Statement, tag: &str) -> Result<Output> {
+    let plan = plan(session, stmt).await?;
+    dml_plan(session, plan, tag).await
+}
+
+async fn dml_plan(session: &Session, plan: LogicalPlan, tag: &str) -> Result<Output> {
+    guard(&plan)?;
+    let df = session
+        .ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(map_plan_error)?;
+    let mut stream = df.execute_stream().await.map_err(map_plan_error)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(unwrap_datafusion)?;
+        if let Some(c) = batch
+            .column_by_name("count")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        {
+            rows += (0..c.len())
+                .filter(|i| c.is_valid(*i))
+                .map(|i| c.value(i))
+                .sum::<u64>();
+        }
+    }
+    Ok(Output::Command(Completion::rows(tag, rows as usize)))
+}
+
+/// A statement parsed (and, for queries and DML, planned) by the extended protocol's Parse.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The statement as parsed; `None` for an empty query.
+    pub parsed: Option<Parsed>,
+    /// The plan with placeholders, for queries and DML.
+    pub plan: Option<LogicalPlan>,
+    /// The DML tag, when the plan is DML.
+    pub dml_tag: Option<&'static str>,
+    /// The row shape of statements that return rows without a plan (SHOW).
+    pub fixed_schema: Option<SchemaRef>,
+}
+
+impl Prepared {
+    /// Parameter types in `$n` order (`None` where DataFusion could not infer one).
+    pub fn param_types(&self) -> Result<Vec<Option<DataType>>> {
+        let Some(plan) = &self.plan else {
+            return Ok(vec![]);
+        };
+        let mut types = plan.get_parameter_types().map_err(unwrap_datafusion)?;
+        // `$1::bigint` leaves the placeholder untyped for DataFusion; the cast names it.
+        let _ = plan.apply(|node| {
+            for e in node.expressions() {
+                let _ = e.apply(|x| {
+                    if let Expr::Cast(c) = x
+                        && let Expr::Placeholder(ph) = c.expr.as_ref()
+                        && types.get(&ph.id).is_some_and(Option::is_none)
+                    {
+                        types.insert(ph.id.clone(), Some(c.field.data_type().clone()));
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let mut ids: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()
+                    .map(|n| (n, v))
+            })
+            .collect();
+        ids.sort_by_key(|(n, _)| *n);
+        let max = ids.last().map(|(n, _)| *n).unwrap_or(0);
+        let mut out = vec![None; max];
+        for (n, t) in ids {
+            if n >= 1 {
+                out[n - 1] = t;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The schema of the rows the statement returns, if it returns rows.
+    pub fn result_schema(&self) -> Option<SchemaRef> {
+        match (&self.plan, self.dml_tag) {
+            (Some(p), None) => Some(Arc::new(p.schema().as_arrow().clone())),
+            _ => self.fixed_schema.clone(),
+        }
+    }
+}
+
+/// Parses and, where possible, plans one statement for the extended protocol.
+pub async fn prepare(session: &Session, sql: &str) -> Result<Prepared> {
+    let mut parsed = super::parse::parse(sql)?;
+    if parsed.len() > 1 {
+        return Err(TallyError::syntax(
+            "cannot insert multiple commands into a prepared statement",
+        ));
+    }
+    let Some(p) = parsed.pop() else {
+        return Ok(Prepared {
+            parsed: None,
+            plan: None,
+            dml_tag: None,
+            fixed_schema: None,
+        });
+    };
+    let (plan, dml_tag) = match &p.stmt {
+        TallyStatement::Sql(s) => {
+            let tag = match **s {
+                Statement::Query(_) | Statement::Explain { .. } => Some(None),
+                Statement::Insert(_) => Some(Some("INSERT")),
+                Statement::Update(_) => Some(Some("UPDATE")),
+                Statement::Delete(_) => Some(Some("DELETE")),
+                _ => None,
+            };
+            match tag {
+                Some(t) => {
+                    session.catalog.store().refresh().await?;
+                    (Some(plan(session, (**s).clone()).await?), t)
+                }
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    };
+    let fixed_schema = match &p.stmt {
+        TallyStatement::Sql(s) => match &**s {
+            Statement::ShowVariable { variable } => Some(super::set_show::show_schema(variable)),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Prepared {
+        parsed: Some(p),
+        plan,
+        dml_tag,
+        fixed_schema,
+    })
+}
+
+/// Executes a prepared statement with bound parameters.
+pub async fn execute_prepared(
+    session: &mut Session,
+    prepared: &Prepared,
+    params: ParamValues,
+) -> Result<Output> {
+    let Some(parsed) = &prepared.parsed else {
+        return Ok(Output::Command(Completion::tag("")));
+    };
+    match &prepared.plan {
+        Some(_) => {
+            if session.txn == crate::engine::session::TxnState::Failed {
+                return Err(TallyError::Transaction {
+                    code: "25P02",
+                    message: "current transaction is aborted, commands ignored until end of transaction block".into(),
+                });
+            }
+            // Plan again at every Execute: tables are snapshots, and a statement cached by a
+            // driver must see the rows committed since it was parsed.
+            let TallyStatement::Sql(stmt) = &parsed.stmt else {
+                return Err(TallyError::Internal("prepared plan without SQL".into()));
+            };
+            let _running = session.engine.statement_started();
+            let deadline = session
+                .statement_timeout()
+                .map(|t| std::time::Instant::now() + t);
+            let token = tokio_util::sync::CancellationToken::new();
+            *session.cancel.lock() = token.clone();
+            let run = async {
+                session.catalog.store().refresh().await?;
+                let plan = plan(session, (**stmt).clone())
+                    .await?
+                    .replace_params_with_values(&params)
+                    .map_err(unwrap_datafusion)?;
+                match prepared.dml_tag {
+                    Some(tag) => dml_plan(session, plan, tag).await,
+                    None => stream_plan(session, plan).await,
+                }
+            };
+            let result = super::guarded(run, deadline, &token).await;
+            match result {
+                Ok(Output::Rows(s)) => Ok(Output::Rows(super::guard_stream(s, deadline, token))),
+                Ok(o) => Ok(o),
+                Err(e) => {
+                    super::fail_transaction(session);
+                    Err(e)
+                }
+            }
+        }
+        None => super::run_parsed(session, parsed.clone()).await,
+    }
+}

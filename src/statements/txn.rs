@@ -1,0 +1,238 @@
+//! Transaction blocks.
+//!
+//! Isolation given (documented in the README): catalog changes made inside BEGIN ... COMMIT
+//! (CREATE/DROP/ALTER of schemas, tables and views, including `CREATE TABLE AS` and the
+//! rename dance dbt does) are staged in the session, visible only to it, and become visible
+//! to others atomically at COMMIT, merged three-way onto whatever others committed meanwhile
+//! (a conflicting change to the same object fails the COMMIT with 40001). ROLLBACK discards
+//! them and deletes data written for new tables. Row changes to existing tables (INSERT,
+//! UPDATE, DELETE) commit per statement as Delta versions; they are not yet deferred to
+//! COMMIT.
+
+use datafusion::sql::sqlparser::ast::Ident;
+
+use super::names::ident;
+use super::{Completion, Output, TxnChange};
+use crate::catalog::CatalogDoc;
+use crate::engine::Session;
+use crate::engine::session::{TxnEffects, TxnState};
+use crate::error::{Result, TallyError};
+
+/// `BEGIN` / `START TRANSACTION`.
+pub fn begin(session: &mut Session) -> Result<Output> {
+    let mut c = Completion::tag("BEGIN");
+    if session.txn != TxnState::Idle {
+        c = c.with_notice("there is already a transaction in progress");
+        return Ok(Output::Command(c));
+    }
+    session.catalog.begin();
+    session.txn_effects = TxnEffects {
+        base: Some((*session.catalog.store().current()).clone()),
+        ..Default::default()
+    };
+    session.txn = TxnState::Active;
+    c.txn = Some(TxnChange::Begin);
+    Ok(Output::Command(c))
+}
+
+/// `COMMIT` / `END`. In a failed transaction it rolls back, as PostgreSQL does.
+pub async fn commit(session: &mut Session) -> Result<Output> {
+    match session.txn {
+        TxnState::Idle => Ok(Output::Command(
+            Completion::tag("COMMIT").with_notice("there is no transaction in progress"),
+        )),
+        TxnState::Failed => {
+            abort(session).await;
+            let mut c = Completion::tag("ROLLBACK");
+            c.txn = Some(TxnChange::End);
+            Ok(Output::Command(c))
+        }
+        TxnState::Active => {
+            let staged = session.catalog.end();
+            let effects = std::mem::take(&mut session.txn_effects);
+            session.txn = TxnState::Idle;
+            if let (Some(staged), Some(base)) = (staged, effects.base.clone()) {
+                let merged = session
+                    .catalog
+                    .store()
+                    .mutate(|latest| merge(latest, &base, &staged))
+                    .await;
+                if let Err(e) = merged {
+                    discard_created(session, &effects.created).await;
+                    return Err(e);
+                }
+            }
+            for loc in &effects.dropped {
+                session.catalog.tables().forget(loc);
+                if let Err(e) = session.engine.warehouse().delete_prefix(loc).await {
+                    tracing::warn!(location = %loc, error = %e, "could not delete dropped table data");
+                }
+            }
+            let mut c = Completion::tag("COMMIT");
+            c.txn = Some(TxnChange::End);
+            Ok(Output::Command(c))
+        }
+    }
+}
+
+/// `ROLLBACK [TO SAVEPOINT name]`.
+pub async fn rollback(session: &mut Session, savepoint: Option<Ident>) -> Result<Output> {
+    if let Some(sp) = savepoint {
+        let name = ident(&sp);
+        if session.txn == TxnState::Idle {
+            return Err(no_block("ROLLBACK TO SAVEPOINT"));
+        }
+        let pos = session
+            .txn_effects
+            .savepoints
+            .iter()
+            .rposition(|(n, ..)| *n == name)
+            .ok_or_else(|| TallyError::NotFound {
+                kind: "savepoint",
+                name: name.clone(),
+            })?;
+        let (_, doc, created, dropped) = session.txn_effects.savepoints[pos].clone();
+        session.txn_effects.savepoints.truncate(pos + 1);
+        let undone: Vec<String> = session.txn_effects.created.split_off(created);
+        session.txn_effects.dropped.truncate(dropped);
+        discard_created(session, &undone).await;
+        session.catalog.stage(|staged| {
+            *staged = doc.clone();
+            Ok(())
+        })?;
+        session.txn = TxnState::Active;
+        return Ok(Output::Command(Completion::tag("ROLLBACK")));
+    }
+    if session.txn == TxnState::Idle {
+        return Ok(Output::Command(
+            Completion::tag("ROLLBACK").with_notice("there is no transaction in progress"),
+        ));
+    }
+    abort(session).await;
+    let mut c = Completion::tag("ROLLBACK");
+    c.txn = Some(TxnChange::End);
+    Ok(Output::Command(c))
+}
+
+async fn abort(session: &mut Session) {
+    session.catalog.end();
+    let effects = std::mem::take(&mut session.txn_effects);
+    session.txn = TxnState::Idle;
+    discard_created(session, &effects.created).await;
+}
+
+async fn discard_created(session: &Session, locations: &[String]) {
+    for loc in locations {
+        session.catalog.tables().forget(loc);
+        if let Err(e) = session.engine.warehouse().delete_prefix(loc).await {
+            tracing::warn!(location = %loc, error = %e, "could not delete rolled-back table data");
+        }
+    }
+}
+
+fn no_block(what: &str) -> TallyError {
+    TallyError::Transaction {
+        code: "25P01",
+        message: format!("{what} can only be used in transaction blocks"),
+    }
+}
+
+/// `SAVEPOINT name`.
+pub fn savepoint(session: &mut Session, name: Ident) -> Result<Output> {
+    if session.txn == TxnState::Idle {
+        return Err(no_block("SAVEPOINT"));
+    }
+    let doc = (*session.catalog.doc()).clone();
+    let e = &mut session.txn_effects;
+    e.savepoints
+        .push((ident(&name), doc, e.created.len(), e.dropped.len()));
+    Ok(Output::Command(Completion::tag("SAVEPOINT")))
+}
+
+/// `RELEASE [SAVEPOINT] name`.
+pub fn release(session: &mut Session, name: Ident) -> Result<Output> {
+    if session.txn == TxnState::Idle {
+        return Err(no_block("RELEASE SAVEPOINT"));
+    }
+    let name = ident(&name);
+    let pos = session
+        .txn_effects
+        .savepoints
+        .iter()
+        .rposition(|(n, ..)| *n == name)
+        .ok_or_else(|| TallyError::NotFound {
+            kind: "savepoint",
+            name,
+        })?;
+    session.txn_effects.savepoints.truncate(pos);
+    Ok(Output::Command(Completion::tag("RELEASE")))
+}
+
+fn same<T: serde::Serialize>(a: Option<&T>, b: Option<&T>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => serde_json::to_value(a).ok() == serde_json::to_value(b).ok(),
+        _ => false,
+    }
+}
+
+fn conflict(what: &str) -> TallyError {
+    TallyError::Conflict(format!(
+        "could not serialize access: {what} was changed by a concurrent transaction"
+    ))
+}
+
+/// Applies what the transaction changed (`base` → `staged`) onto `latest`, refusing when
+/// another session changed the same object since BEGIN.
+pub fn merge(latest: &mut CatalogDoc, base: &CatalogDoc, staged: &CatalogDoc) -> Result<()> {
+    let schema_names: std::collections::BTreeSet<&String> =
+        base.schemas.keys().chain(staged.schemas.keys()).collect();
+    for s in schema_names {
+        match (base.schemas.get(s), staged.schemas.get(s)) {
+            (None, Some(st)) => {
+                if latest.schemas.contains_key(s) {
+                    return Err(conflict(&format!("schema \"{s}\"")));
+                }
+                latest.schemas.insert(s.clone(), st.clone());
+            }
+            (Some(_), None) => {
+                latest.schemas.remove(s);
+            }
+            (Some(b), Some(st)) => {
+                let rels: std::collections::BTreeSet<&String> =
+                    b.relations.keys().chain(st.relations.keys()).collect();
+                for r in rels {
+                    let (bv, sv) = (b.relations.get(r), st.relations.get(r));
+                    if same(bv, sv) {
+                        continue;
+                    }
+                    let schema = latest
+                        .schemas
+                        .get_mut(s)
+                        .ok_or_else(|| conflict(&format!("schema \"{s}\"")))?;
+                    if !same(schema.relations.get(r), bv) {
+                        return Err(conflict(&format!("relation \"{r}\"")));
+                    }
+                    match sv {
+                        Some(v) => schema.relations.insert(r.clone(), v.clone()),
+                        None => schema.relations.remove(r),
+                    };
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let users: std::collections::BTreeSet<&String> =
+        base.users.keys().chain(staged.users.keys()).collect();
+    for u in users {
+        let (bv, sv) = (base.users.get(u), staged.users.get(u));
+        if same(bv, sv) {
+            continue;
+        }
+        match sv {
+            Some(v) => latest.users.insert(u.clone(), v.clone()),
+            None => latest.users.remove(u),
+        };
+    }
+    Ok(())
+}

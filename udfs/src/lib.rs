@@ -1,0 +1,16 @@
+//! tally's SQL function library: validation, PII, enrichment and identity functions as
+//! DataFusion functions. It depends on DataFusion only, never on the tally server, so the
+//! same functions register in any DataFusion program and on Ballista executors.
+//!
+//! Modules: [`validate`] (input validation and normalisation).
+
+pub mod validate;
+
+use datafusion::prelude::SessionContext;
+
+/// Registers every tally function on `ctx`.
+pub fn register_all(ctx: &SessionContext) {
+    for udf in validate::functions() {
+        ctx.register_udf(udf);
+    }
+}
