@@ -1,0 +1,89 @@
+//! A tally server per test, on port 0, over a fresh temporary warehouse.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tally::config::Config;
+use tally::server::RunningServer;
+use tokio_postgres::{Client, NoTls};
+
+/// A server and the folder it keeps its warehouse in.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server over a new empty warehouse.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = start_at(dir.path().to_path_buf(), |_| {}).await;
+        TestServer {
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Starts a server with adjusted settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = start_at(dir.path().to_path_buf(), adjust).await;
+        TestServer {
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// The PostgreSQL port.
+    pub fn port(&self) -> u16 {
+        self.server.as_ref().expect("running").pg_addr.port()
+    }
+
+    /// A connected tokio-postgres client.
+    pub async fn client(&self) -> Client {
+        connect(self.port(), "tally", None).await.expect("connect")
+    }
+
+    /// Stops the server and starts a new one on the same warehouse.
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(5)).await;
+        }
+        self.server = Some(start_at(self.dir.path().to_path_buf(), |_| {}).await);
+    }
+}
+
+/// Starts a server on `data` with ports chosen by the OS.
+pub async fn start_at(data: PathBuf, adjust: impl FnOnce(&mut Config)) -> RunningServer {
+    let mut config = Config::for_data(data.to_string_lossy().to_string());
+    config.pg_listen = "127.0.0.1:0".parse().expect("addr");
+    config.http_listen = "127.0.0.1:0".parse().expect("addr");
+    config.memory_limit = 2 << 30;
+    adjust(&mut config);
+    tally::server::start(config).await.expect("server starts")
+}
+
+/// Connects with tokio-postgres.
+pub async fn connect(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(port).user(user).dbname("tally");
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}

@@ -1,0 +1,400 @@
+//! Protocol behaviour through tokio-postgres: extended protocol with parameters, binary
+//! results, COPY both ways, errors with SQLSTATEs and positions, session isolation, auth,
+//! limits and cancellation.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt, pin_mut};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::common::{TestServer, code, connect};
+
+/// Prepared statements infer parameter types and decode binary results of every type.
+#[tokio::test]
+async fn extended_protocol_round_trips_types() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (id bigint, n integer, s smallint, d double precision, r real, b boolean, t text, day date, at timestamp, atz timestamptz, amount numeric(10,2), tags text[], nums bigint[])",
+    )
+    .await
+    .unwrap();
+    let n = c
+        .execute(
+            "INSERT INTO t (id, n, s, d, r, b, t, day, at, atz, amount, tags, nums) VALUES ($1, 7, 3, 2.5, 1.5, true, $2, DATE '2024-01-02', TIMESTAMP '2024-01-02 03:04:05', TIMESTAMP '2024-01-02 03:04:05', 12.34, ARRAY['x','y'], ARRAY[1,2,3])",
+            &[&42i64, &"hello"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let row = c
+        .query_one(
+            "SELECT id, n, s, d, r, b, t, day, at, tags, nums FROM t WHERE id = $1",
+            &[&42i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 42);
+    assert_eq!(row.get::<_, i32>(1), 7);
+    assert_eq!(row.get::<_, i16>(2), 3);
+    assert_eq!(row.get::<_, f64>(3), 2.5);
+    assert_eq!(row.get::<_, f32>(4), 1.5);
+    assert!(row.get::<_, bool>(5));
+    assert_eq!(row.get::<_, String>(6), "hello");
+    assert_eq!(
+        row.get::<_, chrono::NaiveDate>(7),
+        chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap()
+    );
+    assert_eq!(
+        row.get::<_, chrono::NaiveDateTime>(8),
+        chrono::NaiveDate::from_ymd_opt(2024, 1, 2)
+            .unwrap()
+            .and_hms_opt(3, 4, 5)
+            .unwrap()
+    );
+    assert_eq!(
+        row.get::<_, Vec<String>>(9),
+        vec!["x".to_string(), "y".to_string()]
+    );
+    assert_eq!(row.get::<_, Vec<i64>>(10), vec![1, 2, 3]);
+    // A statement prepared once sees rows inserted after it was prepared.
+    let stmt = c.prepare("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(c.query_one(&stmt, &[]).await.unwrap().get::<_, i64>(0), 1);
+    c.execute("INSERT INTO t (id) VALUES (43)", &[])
+        .await
+        .unwrap();
+    assert_eq!(c.query_one(&stmt, &[]).await.unwrap().get::<_, i64>(0), 2);
+}
+
+/// Errors carry the PostgreSQL SQLSTATE, syntax errors a position, and the connection lives on.
+#[tokio::test]
+async fn errors_have_sqlstates_and_positions() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let e = c
+        .simple_query("SELECT * FROM missing_table")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42P01");
+    assert!(
+        e.as_db_error().unwrap().message().contains("missing_table"),
+        "{e}"
+    );
+    let e = c.simple_query("SELECT 1;\nSELEC 2").await.unwrap_err();
+    assert_eq!(code(&e), "42601");
+    let pos = e.as_db_error().unwrap().position().cloned();
+    assert!(
+        matches!(
+            pos,
+            Some(tokio_postgres::error::ErrorPosition::Original(11))
+        ),
+        "{pos:?}"
+    );
+    let e = c.query("SELECT 1 / 0", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "22012");
+    let e = c.simple_query("CREATE DATABASE x").await.unwrap_err();
+    assert_eq!(code(&e), "0A000");
+    // Still usable.
+    let rows = c.query("SELECT 1::bigint", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+}
+
+/// COPY FROM STDIN in text and CSV, COPY TO STDOUT, and a bad row that writes nothing.
+#[tokio::test]
+async fn copy_in_and_out() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute("CREATE TABLE people (id bigint, name text, joined date, active boolean)")
+        .await
+        .unwrap();
+
+    let sink = c.copy_in("COPY people FROM STDIN").await.unwrap();
+    pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"1\tAnn\t2024-01-01\tt\n2\tB\\tob\t\\N\tf\n",
+    ))
+    .await
+    .unwrap();
+    sink.send(bytes::Bytes::from_static(b"3\tCe"))
+        .await
+        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"e\t2024-03-01\ttrue\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+
+    let sink = c
+        .copy_in("COPY people (id, name) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"id,name\n4,\"Doe, \"\"Jr\"\"\"\n5,\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+
+    let rows = c
+        .query("SELECT name FROM people ORDER BY id", &[])
+        .await
+        .unwrap();
+    let names: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        names,
+        vec![
+            Some("Ann".into()),
+            Some("B\tob".into()),
+            Some("Cee".into()),
+            Some("Doe, \"Jr\"".into()),
+            None
+        ]
+    );
+
+    // A bad value fails the whole COPY with its line, and nothing is written.
+    let sink = c.copy_in("COPY people FROM STDIN").await.unwrap();
+    pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"6\tok\t2024-01-01\tt\nseven\tbad\t2024-01-01\tt\n",
+    ))
+    .await
+    .unwrap();
+    let e = sink.finish().await.unwrap_err();
+    assert_eq!(code(&e), "22P02", "{e}");
+    assert!(e.as_db_error().unwrap().message().contains("line 2"), "{e}");
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM people", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        5
+    );
+
+    let out = c
+        .copy_out("COPY (SELECT id, name, active FROM people WHERE id <= 2 ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = out.map(|r| r.unwrap()).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(text, "1\tAnn\tt\n2\tB\\tob\tf\n");
+
+    let out = c
+        .copy_out("COPY people (id, name) TO STDOUT WITH (FORMAT csv, HEADER)")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = out.map(|r| r.unwrap()).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(text.starts_with("id,name\n"), "{text}");
+    assert!(text.contains("4,\"Doe, \"\"Jr\"\"\"\n"), "{text}");
+}
+
+/// Each connection has its own settings and temporary tables.
+#[tokio::test]
+async fn sessions_are_isolated() {
+    let s = TestServer::start().await;
+    let a = s.client().await;
+    let b = s.client().await;
+    a.batch_execute(
+        "CREATE SCHEMA other; SET search_path TO other; CREATE TEMP TABLE mine (x int)",
+    )
+    .await
+    .unwrap();
+    let sp = b
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(sp, "\"$user\", public");
+    let e = b.simple_query("SELECT * FROM mine").await.unwrap_err();
+    assert_eq!(code(&e), "42P01");
+    // Permanent tables are shared.
+    a.batch_execute("CREATE TABLE other.shared AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let n = b
+        .query_one("SELECT count(*) FROM other.shared", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(n, 1);
+}
+
+/// With users configured, SCRAM-SHA-256 is required and wrong passwords are refused.
+#[tokio::test]
+async fn scram_authentication() {
+    let s = TestServer::start_with(|c| {
+        c.users.insert(
+            "alice".into(),
+            tally::config::UserConfig {
+                password: "s3cret".into(),
+                superuser: true,
+            },
+        );
+    })
+    .await;
+    let e = connect(s.port(), "alice", Some("wrong")).await.unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+    let e = connect(s.port(), "mallory", Some("x")).await.unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+    let c = connect(s.port(), "alice", Some("s3cret")).await.unwrap();
+    c.batch_execute("CREATE USER bob WITH PASSWORD 'pw'")
+        .await
+        .unwrap();
+    let bob = connect(s.port(), "bob", Some("pw")).await.unwrap();
+    assert_eq!(
+        bob.query_one("SELECT 1::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    // Bob is no superuser: he may not write server files nor create users.
+    let e = bob
+        .simple_query("COPY (SELECT 1) TO '/tmp/tally-should-not-exist.parquet'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let e = bob
+        .simple_query("CREATE USER eve WITH PASSWORD 'x'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    bob.batch_execute("ALTER USER bob WITH PASSWORD 'pw2'")
+        .await
+        .unwrap();
+    assert!(connect(s.port(), "bob", Some("pw")).await.is_err());
+    assert!(connect(s.port(), "bob", Some("pw2")).await.is_ok());
+}
+
+/// Connections past the limit get 53300; the server keeps serving the others.
+#[tokio::test]
+async fn connection_limit() {
+    let s = TestServer::start_with(|c| c.max_connections = 2).await;
+    let a = s.client().await;
+    let _b = s.client().await;
+    let e = connect(s.port(), "tally", None).await.unwrap_err();
+    assert_eq!(code(&e), "53300", "{e}");
+    assert_eq!(
+        a.query_one("SELECT 2::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+}
+
+/// statement_timeout cancels a long query with 57014; a cancel request does too.
+#[tokio::test]
+async fn timeouts_and_cancel() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute("SET statement_timeout = 200")
+        .await
+        .unwrap();
+    let slow = "SELECT sum(a.value % 7) FROM generate_series(1, 30000000000) a";
+    let e = c.simple_query(slow).await.unwrap_err();
+    assert_eq!(code(&e), "57014", "{e}");
+    c.batch_execute("SET statement_timeout = 0").await.unwrap();
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let e = c.simple_query(slow).await.unwrap_err();
+    assert_eq!(code(&e), "57014", "{e}");
+    canceller.await.unwrap().unwrap();
+    let ok = c.simple_query("SELECT 1").await.unwrap();
+    assert!(ok.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+}
+
+/// External tables over CSV, NDJSON and Parquet files, and COPY TO a Parquet file.
+#[tokio::test]
+async fn external_tables_and_copy_to_file() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    std::fs::write(&csv, "id,name\n1,ann\n2,bob\n").unwrap();
+    let json = dir.path().join("events.ndjson");
+    std::fs::write(
+        &json,
+        "{\"id\":1,\"kind\":\"view\"}\n{\"id\":2,\"kind\":\"order\"}\n",
+    )
+    .unwrap();
+    c.batch_execute(&format!(
+        "CREATE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+        csv.display()
+    ))
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        "CREATE EXTERNAL TABLE ev STORED AS JSON LOCATION '{}'",
+        json.display()
+    ))
+    .await
+    .unwrap();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM people p JOIN ev e ON p.id = e.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    let parquet = dir.path().join("out.parquet");
+    let msgs = c
+        .simple_query(&format!(
+            "COPY (SELECT * FROM people) TO '{}' (FORMAT parquet)",
+            parquet.display()
+        ))
+        .await
+        .unwrap();
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(2))),
+        "{msgs:?}"
+    );
+    c.batch_execute(&format!(
+        "CREATE EXTERNAL TABLE back STORED AS PARQUET LOCATION '{}'",
+        parquet.display()
+    ))
+    .await
+    .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM back", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    let e = c
+        .simple_query(
+            "CREATE EXTERNAL TABLE nope STORED AS CSV LOCATION '/definitely/not/here.csv'",
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(code(&e), "XX000", "{e}");
+}
+
+/// The HTTP health endpoint answers for load balancers.
+#[tokio::test]
+async fn health_endpoint() {
+    let s = TestServer::start().await;
+    let addr = s.server.as_ref().unwrap().http_addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
+    assert!(buf.contains("\"ok\""), "{buf}");
+}
