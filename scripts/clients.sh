@@ -64,7 +64,7 @@ install_apt_deps
 
 # --- the server binary -----------------------------------------------------------------------
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+target_dir="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')}"
 bin="${TALLY_BIN:-$target_dir/debug/tally}"
 if [ ! -x "$bin" ]; then
   log "building tally ($bin is missing)"

@@ -93,7 +93,9 @@ impl Engine {
                 "datafusion.execution.parquet.schema_force_view_types",
                 false,
             )
-            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
+            // `timestamptz` values and casts carry a zone, as PostgreSQL's do (UTC here).
+            .set_str("datafusion.execution.time_zone", "+00:00");
         let system_schemas: Arc<DashMap<String, Arc<dyn SchemaProvider>>> =
             Arc::new(DashMap::new());
         let base = CatalogView::new(catalog.clone(), tables.clone(), system_schemas.clone());

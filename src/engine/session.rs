@@ -34,8 +34,33 @@ pub struct TxnEffects {
     pub created: Vec<String>,
     /// Table folders of tables dropped in this transaction (deleted at COMMIT).
     pub dropped: Vec<String>,
-    /// Savepoints: name, staged catalog, and how many created/dropped folders existed then.
-    pub savepoints: Vec<(String, crate::catalog::CatalogDoc, usize, usize)>,
+    /// Savepoints: name, staged catalog, how many created/dropped folders existed then, and
+    /// the table versions written so far.
+    pub savepoints: Vec<Savepoint>,
+    /// Tables that existed before the transaction and were written in it: location →
+    /// (version before the first write, version of the latest own write).
+    pub written: std::collections::BTreeMap<
+        String,
+        (deltalake::kernel::Version, deltalake::kernel::Version),
+    >,
+}
+
+/// What a savepoint remembers.
+#[derive(Debug, Clone)]
+pub struct Savepoint {
+    /// Its name.
+    pub name: String,
+    /// The staged catalog at that point.
+    pub catalog: crate::catalog::CatalogDoc,
+    /// Number of created table folders at that point.
+    pub created: usize,
+    /// Number of dropped table folders at that point.
+    pub dropped: usize,
+    /// Written tables at that point.
+    pub written: std::collections::BTreeMap<
+        String,
+        (deltalake::kernel::Version, deltalake::kernel::Version),
+    >,
 }
 
 /// A client session.
@@ -58,6 +83,9 @@ pub struct Session {
     pub txn_effects: TxnEffects,
     /// Cancels the running statement (a client's cancel request fires it).
     pub cancel: Arc<parking_lot::Mutex<tokio_util::sync::CancellationToken>>,
+    /// Set when a result stream failed after its statement returned (the error reached the
+    /// client while rows were streaming); the next statement marks the transaction failed.
+    pub stream_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Session {
@@ -131,6 +159,7 @@ impl Session {
             cancel: Arc::new(parking_lot::Mutex::new(
                 tokio_util::sync::CancellationToken::new(),
             )),
+            stream_failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 

@@ -127,6 +127,7 @@ pub async fn run(session: &mut Session, sql: &str) -> (Vec<Output>, Option<Tally
 
 /// Runs one parsed statement with the transaction rules and `statement_timeout`.
 pub async fn run_parsed(session: &mut Session, parsed: Parsed) -> Result<Output> {
+    note_stream_failure(session);
     if session.txn == TxnState::Failed
         && !parsed.stmt.ends_transaction()
         && !is_rollback_to(&parsed.stmt)
@@ -144,7 +145,12 @@ pub async fn run_parsed(session: &mut Session, parsed: Parsed) -> Result<Output>
     *session.cancel.lock() = token.clone();
     let result = guarded(execute(session, parsed), deadline, &token).await;
     match result {
-        Ok(Output::Rows(stream)) => Ok(Output::Rows(guard_stream(stream, deadline, token))),
+        Ok(Output::Rows(stream)) => Ok(Output::Rows(guard_stream(
+            stream,
+            deadline,
+            token,
+            session.stream_failed.clone(),
+        ))),
         Ok(o) => Ok(o),
         Err(e) => {
             fail_transaction(session);
@@ -187,6 +193,7 @@ pub fn guard_stream(
     mut stream: SendableRecordBatchStream,
     deadline: Option<Instant>,
     token: CancellationToken,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> SendableRecordBatchStream {
     let schema = stream.schema();
     let (tx, rx) = tokio::sync::mpsc::channel::<datafusion::error::Result<RecordBatch>>(2);
@@ -198,8 +205,8 @@ pub fn guard_stream(
         }
     });
     let abort = producer.abort_handle();
-    let out = futures::stream::unfold(Some((rx, token, abort)), move |state| async move {
-        let (mut rx, token, abort) = state?;
+    let out = futures::stream::unfold(Some((rx, token, abort, failed)), move |state| async move {
+        let (mut rx, token, abort, failed) = state?;
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -212,9 +219,10 @@ pub fn guard_stream(
             _ = token.cancelled() => Some(Err(DataFusionError::External(Box::new(cancel_error())))),
         };
         match item {
-            Some(Ok(batch)) => Some((Ok(batch), Some((rx, token, abort)))),
+            Some(Ok(batch)) => Some((Ok(batch), Some((rx, token, abort, failed)))),
             Some(Err(e)) => {
                 abort.abort();
+                failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 Some((Err(e), None))
             }
             None => None,
@@ -225,6 +233,16 @@ pub fn guard_stream(
 
 fn is_rollback_to(stmt: &TallyStatement) -> bool {
     matches!(stmt, TallyStatement::Sql(s) if matches!(**s, Statement::Rollback { savepoint: Some(_), .. }))
+}
+
+/// Applies a failure that happened while the previous statement's rows were streaming.
+pub fn note_stream_failure(session: &mut Session) {
+    if session
+        .stream_failed
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        fail_transaction(session);
+    }
 }
 
 /// Marks an open transaction as failed after an error.

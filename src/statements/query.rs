@@ -141,9 +141,51 @@ async fn stream_plan(session: &Session, plan: LogicalPlan) -> Result<Output> {
 }
 
 /// Runs a DML statement to completion and reports the affected rows.
-pub async fn run_dml(session: &Session, stmt: Statement, tag: &str) -> Result<Output> {
+pub async fn run_dml(session: &mut Session, stmt: Statement, tag: &str) -> Result<Output> {
     let plan = plan(session, stmt).await?;
-    dml_plan(session, plan, tag).await
+    tracked_dml(session, plan, tag).await
+}
+
+/// The Delta folder a DML plan writes, when it writes a catalog table.
+fn dml_location(session: &Session, plan: &LogicalPlan) -> Option<String> {
+    let LogicalPlan::Dml(d) = plan else {
+        return None;
+    };
+    let schema = d
+        .table_name
+        .schema()
+        .map(str::to_string)
+        .unwrap_or_else(|| super::names::default_schema(session));
+    match session
+        .catalog
+        .doc()
+        .relation(&schema, d.table_name.table())
+    {
+        Some(crate::catalog::Relation::Table(t)) => Some(t.location.clone()),
+        _ => None,
+    }
+}
+
+/// Runs DML and, inside a transaction block, records the table versions it moved between so
+/// ROLLBACK can undo them.
+async fn tracked_dml(session: &mut Session, plan: LogicalPlan, tag: &str) -> Result<Output> {
+    let in_txn = session.txn != crate::engine::session::TxnState::Idle;
+    let location = if in_txn {
+        dml_location(session, &plan)
+    } else {
+        None
+    };
+    let before = match &location {
+        Some(loc) => session.catalog.tables().latest(loc).await?.version(),
+        None => None,
+    };
+    let out = dml_plan(session, plan, tag).await?;
+    if let (Some(loc), Some(before)) = (location, before)
+        && let Some(after) = session.catalog.tables().latest(&loc).await?.version()
+    {
+        super::txn::record_write(session, &loc, before, after);
+    }
+    Ok(out)
 }
 
 async fn dml_plan(session: &Session, plan: LogicalPlan, tag: &str) -> Result<Output> {
@@ -295,6 +337,7 @@ pub async fn execute_prepared(
     };
     match &prepared.plan {
         Some(_) => {
+            super::note_stream_failure(session);
             if session.txn == crate::engine::session::TxnState::Failed {
                 return Err(TallyError::Transaction {
                     code: "25P02",
@@ -319,13 +362,18 @@ pub async fn execute_prepared(
                     .replace_params_with_values(&params)
                     .map_err(unwrap_datafusion)?;
                 match prepared.dml_tag {
-                    Some(tag) => dml_plan(session, plan, tag).await,
+                    Some(tag) => tracked_dml(session, plan, tag).await,
                     None => stream_plan(session, plan).await,
                 }
             };
             let result = super::guarded(run, deadline, &token).await;
             match result {
-                Ok(Output::Rows(s)) => Ok(Output::Rows(super::guard_stream(s, deadline, token))),
+                Ok(Output::Rows(s)) => Ok(Output::Rows(super::guard_stream(
+                    s,
+                    deadline,
+                    token,
+                    session.stream_failed.clone(),
+                ))),
                 Ok(o) => Ok(o),
                 Err(e) => {
                     super::fail_transaction(session);

@@ -5,9 +5,14 @@
 //! rename dance dbt does) are staged in the session, visible only to it, and become visible
 //! to others atomically at COMMIT, merged three-way onto whatever others committed meanwhile
 //! (a conflicting change to the same object fails the COMMIT with 40001). ROLLBACK discards
-//! them and deletes data written for new tables. Row changes to existing tables (INSERT,
-//! UPDATE, DELETE) commit per statement as Delta versions; they are not yet deferred to
-//! COMMIT.
+//! them and deletes data written for new tables.
+//!
+//! Row changes to tables that existed before BEGIN (INSERT, UPDATE, DELETE, TRUNCATE)
+//! commit per statement as Delta versions, so other sessions see them before COMMIT (read
+//! uncommitted for those rows). ROLLBACK and ROLLBACK TO SAVEPOINT undo them with a Delta
+//! restore to the version before the transaction's first write, provided nobody else wrote
+//! the table since; otherwise the undo is refused with a warning rather than erase the
+//! other session's rows.
 
 use datafusion::sql::sqlparser::ast::Ident;
 
@@ -15,7 +20,7 @@ use super::names::ident;
 use super::{Completion, Output, TxnChange};
 use crate::catalog::CatalogDoc;
 use crate::engine::Session;
-use crate::engine::session::{TxnEffects, TxnState};
+use crate::engine::session::{Savepoint, TxnEffects, TxnState};
 use crate::error::{Result, TallyError};
 
 /// `BEGIN` / `START TRANSACTION`.
@@ -42,8 +47,10 @@ pub async fn commit(session: &mut Session) -> Result<Output> {
             Completion::tag("COMMIT").with_notice("there is no transaction in progress"),
         )),
         TxnState::Failed => {
-            abort(session).await;
             let mut c = Completion::tag("ROLLBACK");
+            for n in abort(session).await {
+                c = c.with_notice(n);
+            }
             c.txn = Some(TxnChange::End);
             Ok(Output::Command(c))
         }
@@ -86,39 +93,116 @@ pub async fn rollback(session: &mut Session, savepoint: Option<Ident>) -> Result
             .txn_effects
             .savepoints
             .iter()
-            .rposition(|(n, ..)| *n == name)
+            .rposition(|sp| sp.name == name)
             .ok_or_else(|| TallyError::NotFound {
                 kind: "savepoint",
                 name: name.clone(),
             })?;
-        let (_, doc, created, dropped) = session.txn_effects.savepoints[pos].clone();
+        let sp = session.txn_effects.savepoints[pos].clone();
         session.txn_effects.savepoints.truncate(pos + 1);
-        let undone: Vec<String> = session.txn_effects.created.split_off(created);
-        session.txn_effects.dropped.truncate(dropped);
+        let undone: Vec<String> = session.txn_effects.created.split_off(sp.created);
+        session.txn_effects.dropped.truncate(sp.dropped);
         discard_created(session, &undone).await;
         session.catalog.stage(|staged| {
-            *staged = doc.clone();
+            *staged = sp.catalog.clone();
             Ok(())
         })?;
+        // Undo row writes made after the savepoint.
+        let written = std::mem::take(&mut session.txn_effects.written);
+        let mut keep = sp.written.clone();
+        let mut targets = Vec::new();
+        for (loc, (base, last)) in written {
+            match sp.written.get(&loc) {
+                Some((_, at_sp)) if *at_sp == last => {}
+                Some((b, at_sp)) => targets.push((loc.clone(), *at_sp, last, *b)),
+                None => targets.push((loc.clone(), base, last, base)),
+            }
+        }
+        let mut c = Completion::tag("ROLLBACK");
+        for (loc, to, last, base) in targets {
+            match undo_writes(session, &loc, to, last).await {
+                Ok(v) => {
+                    if to != base {
+                        keep.insert(loc, (base, v));
+                    } else {
+                        keep.insert(loc, (v, v));
+                    }
+                }
+                Err(e) => c = c.with_notice(e.to_string()),
+            }
+        }
+        session.txn_effects.written = keep;
         session.txn = TxnState::Active;
-        return Ok(Output::Command(Completion::tag("ROLLBACK")));
+        return Ok(Output::Command(c));
     }
     if session.txn == TxnState::Idle {
         return Ok(Output::Command(
             Completion::tag("ROLLBACK").with_notice("there is no transaction in progress"),
         ));
     }
-    abort(session).await;
     let mut c = Completion::tag("ROLLBACK");
+    for n in abort(session).await {
+        c = c.with_notice(n);
+    }
     c.txn = Some(TxnChange::End);
     Ok(Output::Command(c))
 }
 
-async fn abort(session: &mut Session) {
+/// Ends the transaction undoing everything; returns warnings for writes it could not undo.
+async fn abort(session: &mut Session) -> Vec<String> {
     session.catalog.end();
     let effects = std::mem::take(&mut session.txn_effects);
     session.txn = TxnState::Idle;
     discard_created(session, &effects.created).await;
+    let mut warnings = Vec::new();
+    for (loc, (base, last)) in effects.written {
+        if effects.created.contains(&loc) {
+            continue;
+        }
+        if let Err(e) = undo_writes(session, &loc, base, last).await {
+            warnings.push(e.to_string());
+        }
+    }
+    warnings
+}
+
+/// Restores a table to `version` if its latest version is still our write `last`.
+async fn undo_writes(
+    session: &Session,
+    location: &str,
+    version: deltalake::kernel::Version,
+    last: deltalake::kernel::Version,
+) -> Result<deltalake::kernel::Version> {
+    let table = session.catalog.tables().latest(location).await?;
+    if table.version() != Some(last) {
+        return Err(TallyError::Conflict(format!(
+            "could not roll back the writes to table folder {location}: it was changed by another session since"
+        )));
+    }
+    let (table, _) = table.restore().with_version_to_restore(version).await?;
+    Ok(table.version().unwrap_or(version))
+}
+
+/// Records a row write to an existing table inside a transaction block, so ROLLBACK can
+/// undo it.
+pub fn record_write(
+    session: &mut Session,
+    location: &str,
+    before: deltalake::kernel::Version,
+    after: deltalake::kernel::Version,
+) {
+    if session.txn == TxnState::Idle
+        || after == before
+        || session.txn_effects.created.iter().any(|c| c == location)
+    {
+        return;
+    }
+    session
+        .txn_effects
+        .written
+        .entry(location.to_string())
+        .and_modify(|e| e.1 = after)
+        .or_insert((before, after));
 }
 
 async fn discard_created(session: &Session, locations: &[String]) {
@@ -142,10 +226,15 @@ pub fn savepoint(session: &mut Session, name: Ident) -> Result<Output> {
     if session.txn == TxnState::Idle {
         return Err(no_block("SAVEPOINT"));
     }
-    let doc = (*session.catalog.doc()).clone();
+    let catalog = (*session.catalog.doc()).clone();
     let e = &mut session.txn_effects;
-    e.savepoints
-        .push((ident(&name), doc, e.created.len(), e.dropped.len()));
+    e.savepoints.push(Savepoint {
+        name: ident(&name),
+        catalog,
+        created: e.created.len(),
+        dropped: e.dropped.len(),
+        written: e.written.clone(),
+    });
     Ok(Output::Command(Completion::tag("SAVEPOINT")))
 }
 
@@ -159,7 +248,7 @@ pub fn release(session: &mut Session, name: Ident) -> Result<Output> {
         .txn_effects
         .savepoints
         .iter()
-        .rposition(|(n, ..)| *n == name)
+        .rposition(|sp| sp.name == name)
         .ok_or_else(|| TallyError::NotFound {
             kind: "savepoint",
             name,

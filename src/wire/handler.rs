@@ -229,7 +229,23 @@ fn copy_out_response(out: CopyOut) -> Response {
             }
         })
         .flat_map(stream::iter);
-    let data = stream::iter(header.map(|h| Ok(CopyData::new(h)))).chain(rows);
+    // The header rides in the first row's message: clients and pgwire count rows by message.
+    let header = Arc::new(parking_lot::Mutex::new(header));
+    let leftover = header.clone();
+    let rows = rows.map(move |r| match (header.lock().take(), r) {
+        (Some(h), Ok(d)) => {
+            let mut joined = bytes::BytesMut::with_capacity(h.len() + d.data.len());
+            joined.extend_from_slice(&h);
+            joined.extend_from_slice(&d.data);
+            Ok(CopyData::new(joined.freeze()))
+        }
+        (_, r) => r,
+    });
+    // With no rows at all, the header goes out alone.
+    let data = rows.chain(
+        stream::once(async move { leftover.lock().take() })
+            .filter_map(|h| async move { h.map(|h| Ok(CopyData::new(h))) }),
+    );
     Response::CopyOut(CopyResponse::new(0, columns, data))
 }
 
@@ -396,7 +412,7 @@ impl ExtendedQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let name = message.name.as_deref().unwrap_or("");
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
         let (params, fields) = match message.target_type {
             TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
                 Some(Entry::Value(stmt)) => {
