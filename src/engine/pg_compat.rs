@@ -108,6 +108,7 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udf(udf);
     }
     register_functions(ctx);
+    register_more(ctx);
 }
 
 /// Session settings shared between the session and its `current_setting()` function.
@@ -472,4 +473,112 @@ pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject {
         signature: Signature::variadic_any(Volatility::Immutable),
     }));
+}
+
+/// `pg_like(value, pattern, escape, case_insensitive)`: SQL LIKE with any escape character
+/// (statements rewrite `LIKE ... ESCAPE 'c'` to it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgLike {
+    signature: Signature,
+}
+
+fn like_to_regex(pattern: &str, escape: Option<char>, ci: bool) -> String {
+    let mut re = String::from(if ci { "(?is)^" } else { "(?s)^" });
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if Some(c) == escape {
+            if let Some(n) = chars.next() {
+                re.push_str(&regex_escape(n));
+            }
+        } else if c == '%' {
+            re.push_str(".*");
+        } else if c == '_' {
+            re.push('.');
+        } else {
+            re.push_str(&regex_escape(c));
+        }
+    }
+    re.push('$');
+    re
+}
+
+fn regex_escape(c: char) -> String {
+    if "\\.+*?()|[]{}^$#&-~".contains(c) {
+        format!("\\{c}")
+    } else {
+        c.to_string()
+    }
+}
+
+impl ScalarUDFImpl for PgLike {
+    fn name(&self) -> &str {
+        "pg_like"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<DFResult<_>>()?;
+        let text = |a: &ArrayRef| -> DFResult<StringArray> {
+            let c = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+            c.as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| datafusion::error::DataFusionError::Internal("pg_like".into()))
+        };
+        let (values, patterns, escapes) = (text(&arrays[0])?, text(&arrays[1])?, text(&arrays[2])?);
+        let ci = datafusion::arrow::compute::cast(&arrays[3], &DataType::Boolean)?;
+        let ci = ci
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+            .cloned();
+        let mut cache: std::collections::HashMap<(String, String, bool), regex::Regex> =
+            std::collections::HashMap::new();
+        let mut out = datafusion::arrow::array::BooleanBuilder::with_capacity(n);
+        for i in 0..n {
+            if values.is_null(i) || patterns.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let esc = if escapes.is_null(i) {
+                String::new()
+            } else {
+                escapes.value(i).to_string()
+            };
+            let insensitive = ci.as_ref().is_some_and(|c| c.is_valid(i) && c.value(i));
+            let key = (patterns.value(i).to_string(), esc.clone(), insensitive);
+            if !cache.contains_key(&key) {
+                let re = like_to_regex(&key.0, esc.chars().next(), insensitive);
+                let compiled = regex::Regex::new(&re)
+                    .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+                cache.insert(key.clone(), compiled);
+            }
+            out.append_value(cache[&key].is_match(values.value(i)));
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Registers `pg_like` and the visibility functions catalog queries call.
+pub fn register_more(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(PgLike {
+        signature: Signature::any(4, Volatility::Immutable),
+    }));
+    for name in [
+        "pg_collation_is_visible",
+        "pg_conversion_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_ts_config_is_visible",
+    ] {
+        ctx.register_udf(ConstFn::udf(name, &[1], ScalarValue::Boolean(Some(true))));
+    }
 }

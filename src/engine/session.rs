@@ -86,6 +86,8 @@ pub struct Session {
     /// Set when a result stream failed after its statement returned (the error reached the
     /// client while rows were streaming); the next statement marks the transaction failed.
     pub stream_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Open cursors by name.
+    pub cursors: std::collections::HashMap<String, crate::statements::cursor::Cursor>,
 }
 
 impl std::fmt::Debug for Session {
@@ -160,6 +162,7 @@ impl Session {
                 tokio_util::sync::CancellationToken::new(),
             )),
             stream_failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            cursors: std::collections::HashMap::new(),
         }
     }
 

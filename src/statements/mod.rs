@@ -5,10 +5,12 @@
 //! The result is an [`Output`] that the wire layer (or `tally sql`) turns into messages.
 
 pub mod copy;
+pub mod cursor;
 pub mod ddl;
 pub mod names;
 pub mod parse;
 pub mod query;
+pub mod rewrite;
 pub mod set_show;
 pub mod txn;
 pub mod users;
@@ -306,7 +308,9 @@ async fn execute_sql(session: &mut Session, stmt: Statement) -> Result<Output> {
             copy::start(session, source, to, target, options, legacy_options).await
         }
         S::Deallocate { .. } => Ok(Output::Command(Completion::tag("DEALLOCATE"))),
-        S::Close { .. } => Ok(Output::Command(Completion::tag("CLOSE CURSOR"))),
+        S::Declare { stmts } => cursor::declare(session, stmts).await,
+        S::Fetch { name, direction, .. } => cursor::fetch(session, name, direction).await,
+        S::Close { cursor } => cursor::close(session, cursor),
         S::CreateIndex(_) => Err(TallyError::Unsupported(
             "CREATE INDEX is not supported: tally tables are columnar and scanned with statistics, not indexes".into(),
         )),

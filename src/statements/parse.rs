@@ -142,7 +142,11 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
         }
     })?;
     match stmts.len() {
-        1 => Ok(TallyStatement::Sql(Box::new(stmts.remove(0)))),
+        1 => {
+            let mut stmt = stmts.remove(0);
+            super::rewrite::like_escape(&mut stmt);
+            Ok(TallyStatement::Sql(Box::new(stmt)))
+        }
         _ => Err(syntax_error("cannot parse statement")),
     }
 }

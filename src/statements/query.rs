@@ -104,8 +104,14 @@ pub fn map_plan_error(e: datafusion::error::DataFusionError) -> TallyError {
             && let Some(name) = rest.split("' not found").next()
             && msg.contains("not found")
         {
-            let short = name.rsplit('.').next().unwrap_or(name).to_string();
-            return TallyError::no_relation(short);
+            // As written: schema-qualified unless it is the default schema.
+            let parts: Vec<&str> = name.split('.').collect();
+            let shown = match parts.as_slice() {
+                [_, "public", t] | ["public", t] => t.to_string(),
+                [_, s, t] => format!("{s}.{t}"),
+                _ => name.to_string(),
+            };
+            return TallyError::no_relation(shown);
         }
     }
     t
@@ -314,6 +320,10 @@ pub async fn prepare(session: &Session, sql: &str) -> Result<Prepared> {
     let fixed_schema = match &p.stmt {
         TallyStatement::Sql(s) => match &**s {
             Statement::ShowVariable { variable } => Some(super::set_show::show_schema(variable)),
+            Statement::Fetch { name, .. } => session
+                .cursors
+                .get(&super::names::ident(name))
+                .map(|c| c.schema()),
             _ => None,
         },
         _ => None,

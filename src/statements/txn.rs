@@ -75,6 +75,7 @@ pub async fn commit(session: &mut Session) -> Result<Output> {
                     tracing::warn!(location = %loc, error = %e, "could not delete dropped table data");
                 }
             }
+            super::cursor::end_of_transaction(session);
             let mut c = Completion::tag("COMMIT");
             c.txn = Some(TxnChange::End);
             Ok(Output::Command(c))
@@ -150,6 +151,7 @@ pub async fn rollback(session: &mut Session, savepoint: Option<Ident>) -> Result
 
 /// Ends the transaction undoing everything; returns warnings for writes it could not undo.
 async fn abort(session: &mut Session) -> Vec<String> {
+    super::cursor::end_of_transaction(session);
     session.catalog.end();
     let effects = std::mem::take(&mut session.txn_effects);
     session.txn = TxnState::Idle;
