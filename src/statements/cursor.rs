@@ -39,6 +39,11 @@ impl Cursor {
 
 /// `DECLARE`.
 pub async fn declare(session: &mut Session, decls: Vec<Declare>) -> Result<Output> {
+    declare_with(session, decls, None).await
+}
+
+/// `DECLARE` with bound parameters (the extended protocol).
+pub async fn declare_with(session: &mut Session, decls: Vec<Declare>, params: Option<datafusion::common::ParamValues>) -> Result<Output> {
     let Some(d) = decls.into_iter().next() else {
         return Err(TallyError::syntax("DECLARE needs a cursor"));
     };
@@ -68,7 +73,11 @@ pub async fn declare(session: &mut Session, decls: Vec<Declare>) -> Result<Outpu
     let q = d
         .for_query
         .ok_or_else(|| TallyError::syntax("DECLARE CURSOR needs FOR <query>"))?;
-    let Output::Rows(stream) = query::run_query(session, Statement::Query(q)).await? else {
+    let mut plan = query::plan(session, Statement::Query(q)).await?;
+    if let Some(p) = params {
+        plan = plan.replace_params_with_values(&p).map_err(unwrap_datafusion)?;
+    }
+    let Output::Rows(stream) = query::stream_plan(session, plan).await? else {
         return Err(TallyError::Internal("cursor query without rows".into()));
     };
     let schema = stream.schema();

@@ -135,7 +135,8 @@ pub async fn run_query(session: &Session, stmt: Statement) -> Result<Output> {
     stream_plan(session, plan).await
 }
 
-async fn stream_plan(session: &Session, plan: LogicalPlan) -> Result<Output> {
+/// Executes a query plan and streams its rows.
+pub async fn stream_plan(session: &Session, plan: LogicalPlan) -> Result<Output> {
     guard(&plan)?;
     let df = session
         .ctx
@@ -227,14 +228,16 @@ pub struct Prepared {
     pub plan: Option<LogicalPlan>,
     /// The DML tag, when the plan is DML.
     pub dml_tag: Option<&'static str>,
-    /// The row shape of statements that return rows without a plan (SHOW).
+    /// The row shape of statements that return rows without a plan (SHOW, FETCH).
     pub fixed_schema: Option<SchemaRef>,
+    /// A plan used only to type parameters (the query of DECLARE ... CURSOR FOR).
+    pub param_plan: Option<LogicalPlan>,
 }
 
 impl Prepared {
     /// Parameter types in `$n` order (`None` where DataFusion could not infer one).
     pub fn param_types(&self) -> Result<Vec<Option<DataType>>> {
-        let Some(plan) = &self.plan else {
+        let Some(plan) = self.plan.as_ref().or(self.param_plan.as_ref()) else {
             return Ok(vec![]);
         };
         let mut types = plan.get_parameter_types().map_err(unwrap_datafusion)?;
@@ -296,6 +299,7 @@ pub async fn prepare(session: &Session, sql: &str) -> Result<Prepared> {
             plan: None,
             dml_tag: None,
             fixed_schema: None,
+            param_plan: None,
         });
     };
     let (plan, dml_tag) = match &p.stmt {
@@ -328,11 +332,22 @@ pub async fn prepare(session: &Session, sql: &str) -> Result<Prepared> {
         },
         _ => None,
     };
+    let param_plan = match &p.stmt {
+        TallyStatement::Sql(s) => match &**s {
+            Statement::Declare { stmts } => match stmts.first().and_then(|d| d.for_query.clone()) {
+                Some(q) => Some(self::plan(session, Statement::Query(q)).await?),
+                None => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
     Ok(Prepared {
         parsed: Some(p),
         plan,
         dml_tag,
         fixed_schema,
+        param_plan,
     })
 }
 
@@ -391,6 +406,14 @@ pub async fn execute_prepared(
                 }
             }
         }
-        None => super::run_parsed(session, parsed.clone()).await,
+        None => match (&parsed.stmt, matches!(&params, ParamValues::List(l) if l.is_empty())) {
+            (TallyStatement::Sql(s), false) if matches!(**s, Statement::Declare { .. }) => {
+                let Statement::Declare { stmts } = (**s).clone() else {
+                    return Err(TallyError::Internal("DECLARE expected".into()));
+                };
+                super::cursor::declare_with(session, stmts, Some(params)).await
+            }
+            _ => super::run_parsed(session, parsed.clone()).await,
+        },
     }
 }

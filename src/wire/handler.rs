@@ -438,7 +438,18 @@ impl ExtendedQueryHandler for QueryHandler {
                         .fields(Some(&portal.result_column_format))?,
                 ),
                 Some(Entry::Empty) => (None, None),
-                None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                // SQL cursors (DECLARE) are portals too, as in PostgreSQL: psycopg describes
+                // its named cursors this way.
+                None => {
+                    let schema = self.slot.lock(client).await.cursors.get(name).map(|c| c.schema());
+                    match schema {
+                        Some(s) => (
+                            None,
+                            Some(arrow_pg::datatypes::arrow_schema_to_pg_fields(&s, &Format::UnifiedText, None)?),
+                        ),
+                        None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                    }
+                }
             },
             other => return Err(PgWireError::InvalidTargetType(other)),
         };
