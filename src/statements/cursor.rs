@@ -43,7 +43,11 @@ pub async fn declare(session: &mut Session, decls: Vec<Declare>) -> Result<Outpu
 }
 
 /// `DECLARE` with bound parameters (the extended protocol).
-pub async fn declare_with(session: &mut Session, decls: Vec<Declare>, params: Option<datafusion::common::ParamValues>) -> Result<Output> {
+pub async fn declare_with(
+    session: &mut Session,
+    decls: Vec<Declare>,
+    params: Option<datafusion::common::ParamValues>,
+) -> Result<Output> {
     let Some(d) = decls.into_iter().next() else {
         return Err(TallyError::syntax("DECLARE needs a cursor"));
     };
@@ -75,7 +79,9 @@ pub async fn declare_with(session: &mut Session, decls: Vec<Declare>, params: Op
         .ok_or_else(|| TallyError::syntax("DECLARE CURSOR needs FOR <query>"))?;
     let mut plan = query::plan(session, Statement::Query(q)).await?;
     if let Some(p) = params {
-        plan = plan.replace_params_with_values(&p).map_err(unwrap_datafusion)?;
+        plan = plan
+            .replace_params_with_values(&p)
+            .map_err(unwrap_datafusion)?;
     }
     let Output::Rows(stream) = query::stream_plan(session, plan).await? else {
         return Err(TallyError::Internal("cursor query without rows".into()));

@@ -285,9 +285,23 @@ impl Prepared {
     }
 }
 
-/// Parses and, where possible, plans one statement for the extended protocol.
-pub async fn prepare(session: &Session, sql: &str) -> Result<Prepared> {
+/// Parses and, where possible, plans one statement for the extended protocol. `declared`
+/// holds the parameter types the client gave at Parse: each `$n` is typed with a cast, as
+/// PostgreSQL types it, so results and inference follow the client's types.
+pub async fn prepare(
+    session: &Session,
+    sql: &str,
+    declared: &[Option<datafusion::sql::sqlparser::ast::DataType>],
+) -> Result<Prepared> {
     let mut parsed = super::parse::parse(sql)?;
+    if declared.iter().any(Option::is_some)
+        && let Some(Parsed {
+            stmt: TallyStatement::Sql(s),
+            ..
+        }) = parsed.first_mut()
+    {
+        super::rewrite::type_placeholders(s, declared);
+    }
     if parsed.len() > 1 {
         return Err(TallyError::syntax(
             "cannot insert multiple commands into a prepared statement",
@@ -406,7 +420,10 @@ pub async fn execute_prepared(
                 }
             }
         }
-        None => match (&parsed.stmt, matches!(&params, ParamValues::List(l) if l.is_empty())) {
+        None => match (
+            &parsed.stmt,
+            matches!(&params, ParamValues::List(l) if l.is_empty()),
+        ) {
             (TallyStatement::Sql(s), false) if matches!(**s, Statement::Declare { .. }) => {
                 let Statement::Declare { stmts } = (**s).clone() else {
                     return Err(TallyError::Internal("DECLARE expected".into()));

@@ -66,3 +66,26 @@ pub fn like_escape(stmt: &mut Statement) {
         ControlFlow::Continue(())
     });
 }
+
+/// Wraps each `$n` whose type the client declared in a cast to that type.
+pub fn type_placeholders(
+    stmt: &mut Statement,
+    declared: &[Option<datafusion::sql::sqlparser::ast::DataType>],
+) {
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            && let Some(Some(t)) = declared.get(n.wrapping_sub(1))
+        {
+            *e = Expr::Cast {
+                kind: datafusion::sql::sqlparser::ast::CastKind::Cast,
+                expr: Box::new(e.clone()),
+                data_type: t.clone(),
+                array: false,
+                format: None,
+            };
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}

@@ -318,6 +318,106 @@ impl SimpleQueryHandler for QueryHandler {
     }
 }
 
+/// Parameters of types tally stores as text (uuid, json, jsonb, varchar, char, name) are
+/// handed to the decoder as text: binary uuids become their canonical string, binary jsonb
+/// loses its version byte, and everything else is already text.
+fn textual_parameters(
+    portal: &Portal<WireStatement>,
+) -> PgWireResult<Option<Portal<WireStatement>>> {
+    let stored = &portal.statement;
+    let texty = |t: &Type| {
+        [
+            Type::UUID,
+            Type::JSON,
+            Type::JSONB,
+            Type::VARCHAR,
+            Type::BPCHAR,
+            Type::NAME,
+        ]
+        .contains(t)
+    };
+    if !stored
+        .parameter_types
+        .iter()
+        .any(|t| t.as_ref().is_some_and(texty))
+    {
+        return Ok(None);
+    }
+    let mut types = stored.parameter_types.clone();
+    let mut values = portal.parameters.clone();
+    let mut formats: Vec<i16> = (0..values.len())
+        .map(|i| portal.parameter_format.format_for(i).value())
+        .collect();
+    for (i, t) in types.iter_mut().enumerate() {
+        let Some(ty) = t.clone() else { continue };
+        if !texty(&ty) {
+            continue;
+        }
+        if formats.get(i) == Some(&1)
+            && let Some(Some(raw)) = values.get(i).cloned()
+        {
+            let text = if ty == Type::UUID && raw.len() == 16 {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&raw);
+                uuid::Uuid::from_bytes(b)
+                    .hyphenated()
+                    .to_string()
+                    .into_bytes()
+            } else if ty == Type::JSONB && raw.first() == Some(&1) {
+                raw[1..].to_vec()
+            } else {
+                raw.to_vec()
+            };
+            values[i] = Some(bytes::Bytes::from(text));
+            formats[i] = 0;
+        }
+        *t = Some(Type::TEXT);
+    }
+    let statement = Arc::new(pgwire::api::stmt::StoredStatement::new(
+        stored.id.clone(),
+        stored.statement.clone(),
+        types,
+    ));
+    let result_formats = match &portal.result_column_format {
+        Format::UnifiedText => vec![0],
+        Format::UnifiedBinary => vec![1],
+        Format::Individual(v) => v.clone(),
+    };
+    let bind = pgwire::messages::extendedquery::Bind::new(
+        Some(portal.name.clone()),
+        None,
+        formats,
+        values,
+        result_formats,
+    );
+    Portal::try_new(&bind, statement).map(Some)
+}
+
+/// The SQL type a declared parameter type casts to (None: leave the parameter untyped).
+fn sql_type_of(t: &Type) -> Option<datafusion::sql::sqlparser::ast::DataType> {
+    use datafusion::sql::sqlparser::ast::{DataType as S, ExactNumberInfo, TimezoneInfo};
+    Some(match *t {
+        Type::INT2 => S::SmallInt(None),
+        Type::INT4 => S::Integer(None),
+        Type::INT8 => S::BigInt(None),
+        Type::FLOAT4 => S::Real,
+        Type::FLOAT8 => S::DoublePrecision,
+        Type::BOOL => S::Boolean,
+        Type::NUMERIC => S::Numeric(ExactNumberInfo::None),
+        Type::DATE => S::Date,
+        Type::TIMESTAMP => S::Timestamp(None, TimezoneInfo::None),
+        Type::TIMESTAMPTZ => S::Timestamp(None, TimezoneInfo::WithTimeZone),
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::UUID
+        | Type::JSON
+        | Type::JSONB => S::Text,
+        _ => return None,
+    })
+}
+
 /// The extended protocol's parser: Parse plans the statement once for its parameter and
 /// result types.
 pub struct TallyParser {
@@ -374,7 +474,11 @@ impl QueryParser for TallyParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let session = self.slot.lock(client).await;
-        let p = prepare(&session, sql).await.map_err(pg_error)?;
+        let declared: Vec<_> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(sql_type_of))
+            .collect();
+        let p = prepare(&session, sql, &declared).await.map_err(pg_error)?;
         Ok(p.parsed.is_some().then(|| WireStatement {
             prepared: p,
             client_types: types.to_vec(),
@@ -441,11 +545,21 @@ impl ExtendedQueryHandler for QueryHandler {
                 // SQL cursors (DECLARE) are portals too, as in PostgreSQL: psycopg describes
                 // its named cursors this way.
                 None => {
-                    let schema = self.slot.lock(client).await.cursors.get(name).map(|c| c.schema());
+                    let schema = self
+                        .slot
+                        .lock(client)
+                        .await
+                        .cursors
+                        .get(name)
+                        .map(|c| c.schema());
                     match schema {
                         Some(s) => (
                             None,
-                            Some(arrow_pg::datatypes::arrow_schema_to_pg_fields(&s, &Format::UnifiedText, None)?),
+                            Some(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                                &s,
+                                &Format::UnifiedText,
+                                None,
+                            )?),
                         ),
                         None => return Err(PgWireError::PortalNotFound(name.to_owned())),
                     }
@@ -495,8 +609,11 @@ impl ExtendedQueryHandler for QueryHandler {
         let inferred = prepared.param_types().map_err(pg_error)?;
         let refs: Vec<Option<&DataType>> = inferred.iter().map(|t| t.as_ref()).collect();
         let server: Vec<Option<&Type>> = types.iter().map(Some).collect();
+        let rewritten = textual_parameters(portal)?;
         let params = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
-            portal, &refs, &server,
+            rewritten.as_ref().unwrap_or(portal),
+            &refs,
+            &server,
         )?;
         let output = {
             let mut session = self.slot.lock(client).await;
