@@ -89,3 +89,71 @@ pub fn type_placeholders(
         ControlFlow::<()>::Continue(())
     });
 }
+
+/// In catalog queries (those naming `pg_catalog` or `information_schema`), a scalar
+/// subquery in a select list that returns one plain column becomes
+/// `(SELECT first_value(col) ...)`: DataFusion only decorrelates aggregated scalar
+/// subqueries, and introspection queries (SQLAlchemy's column reflection, psql's `\dT`) use
+/// unaggregated ones that return at most one row by construction.
+pub fn aggregate_catalog_subqueries(stmt: &mut Statement) {
+    let text = stmt.to_string().to_ascii_lowercase();
+    if !text.contains("pg_catalog") && !text.contains("information_schema") {
+        return;
+    }
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::Subquery(q) = e
+            && let datafusion::sql::sqlparser::ast::SetExpr::Select(sel) = q.body.as_mut()
+            && sel.projection.len() == 1
+            && matches!(sel.group_by, datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(ref g, _) if g.is_empty())
+            && q.limit_clause.is_none()
+            && q.order_by.is_none()
+        {
+            use datafusion::sql::sqlparser::ast::SelectItem;
+            let (inner, alias) = match &sel.projection[0] {
+                SelectItem::UnnamedExpr(x) => (x.clone(), None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), Some(alias.clone())),
+                _ => return ControlFlow::<()>::Continue(()),
+            };
+            if contains_aggregate(&inner) {
+                return ControlFlow::Continue(());
+            }
+            let call = Expr::Function(Function {
+                name: ObjectName::from(vec![Ident::new("first_value")]),
+                uses_odbc_syntax: false,
+                parameters: FunctionArguments::None,
+                args: FunctionArguments::List(FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))],
+                    clauses: vec![],
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: vec![],
+            });
+            sel.projection[0] = match alias {
+                Some(alias) => SelectItem::ExprWithAlias { expr: call, alias },
+                None => SelectItem::UnnamedExpr(call),
+            };
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+fn contains_aggregate(e: &Expr) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    [
+        "count(",
+        "sum(",
+        "min(",
+        "max(",
+        "avg(",
+        "array_agg(",
+        "string_agg(",
+        "bool_and(",
+        "bool_or(",
+        "first_value(",
+    ]
+    .iter()
+    .any(|a| text.contains(a))
+}
