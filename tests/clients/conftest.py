@@ -244,3 +244,20 @@ def public_name(request: pytest.FixtureRequest, psql: Psql):
     yield make
     for kind, name in sorted(made, key=lambda m: m[0] != "view"):
         psql.run("-q", "-c", f"drop {kind} if exists public.{name} cascade", check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks the known gaps (``known_gaps.py``) as strict expected failures against tally."""
+    from known_gaps import KNOWN_GAPS
+
+    try:
+        version = Psql(_conn_info()).sql("select version()")
+    except Exception:  # the server is down: let the tests report it
+        return
+    if "tally" not in version.lower():
+        return
+    for item in items:
+        key = item.nodeid.split("tests/clients/")[-1]
+        reason = KNOWN_GAPS.get(key)
+        if reason:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
