@@ -88,7 +88,6 @@ pub fn register(ctx: &SessionContext) {
         ),
         ConstFn::udf("pg_type_is_visible", &[1], ScalarValue::Boolean(Some(true))),
         ConstFn::udf("pg_is_in_recovery", &[0], ScalarValue::Boolean(Some(false))),
-        ConstFn::udf("to_regtype", &[1], null_text.clone()),
         ConstFn::udf("to_regclass", &[1], null_text.clone()),
         ConstFn::udf("obj_description", &[1, 2], null_text.clone()),
         ConstFn::udf("col_description", &[2], null_text.clone()),
@@ -109,6 +108,7 @@ pub fn register(ctx: &SessionContext) {
     }
     register_functions(ctx);
     register_more(ctx);
+    register_types(ctx);
 }
 
 /// Session settings shared between the session and its `current_setting()` function.
@@ -581,4 +581,93 @@ pub fn register_more(ctx: &SessionContext) {
     ] {
         ctx.register_udf(ConstFn::udf(name, &[1], ScalarValue::Boolean(Some(true))));
     }
+}
+
+/// `to_regtype(name)`: the OID of a built-in type by name (NULL when unknown), for drivers
+/// that look types up before registering adapters (psycopg's `TypeInfo.fetch`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToRegtype {
+    signature: Signature,
+}
+
+fn type_oid(name: &str) -> Option<i64> {
+    let n = name.trim().trim_matches('"').to_ascii_lowercase();
+    let n = n.strip_prefix("pg_catalog.").unwrap_or(&n);
+    let (base, array) = match n.strip_suffix("[]") {
+        Some(b) => (b, true),
+        None => (n, false),
+    };
+    let t = match base {
+        "bool" | "boolean" => pgwire::api::Type::BOOL,
+        "int2" | "smallint" => pgwire::api::Type::INT2,
+        "int4" | "int" | "integer" => pgwire::api::Type::INT4,
+        "int8" | "bigint" => pgwire::api::Type::INT8,
+        "float4" | "real" => pgwire::api::Type::FLOAT4,
+        "float8" | "double precision" => pgwire::api::Type::FLOAT8,
+        "numeric" | "decimal" => pgwire::api::Type::NUMERIC,
+        "text" => pgwire::api::Type::TEXT,
+        "varchar" | "character varying" => pgwire::api::Type::VARCHAR,
+        "bpchar" | "character" | "char" => pgwire::api::Type::BPCHAR,
+        "name" => pgwire::api::Type::NAME,
+        "bytea" => pgwire::api::Type::BYTEA,
+        "date" => pgwire::api::Type::DATE,
+        "timestamp" | "timestamp without time zone" => pgwire::api::Type::TIMESTAMP,
+        "timestamptz" | "timestamp with time zone" => pgwire::api::Type::TIMESTAMPTZ,
+        "time" => pgwire::api::Type::TIME,
+        "interval" => pgwire::api::Type::INTERVAL,
+        "json" => pgwire::api::Type::JSON,
+        "jsonb" => pgwire::api::Type::JSONB,
+        "uuid" => pgwire::api::Type::UUID,
+        "oid" => pgwire::api::Type::OID,
+        _ => return None,
+    };
+    let t = if array {
+        match t {
+            pgwire::api::Type::BOOL => pgwire::api::Type::BOOL_ARRAY,
+            pgwire::api::Type::INT2 => pgwire::api::Type::INT2_ARRAY,
+            pgwire::api::Type::INT4 => pgwire::api::Type::INT4_ARRAY,
+            pgwire::api::Type::INT8 => pgwire::api::Type::INT8_ARRAY,
+            pgwire::api::Type::FLOAT4 => pgwire::api::Type::FLOAT4_ARRAY,
+            pgwire::api::Type::FLOAT8 => pgwire::api::Type::FLOAT8_ARRAY,
+            pgwire::api::Type::TEXT => pgwire::api::Type::TEXT_ARRAY,
+            pgwire::api::Type::VARCHAR => pgwire::api::Type::VARCHAR_ARRAY,
+            pgwire::api::Type::JSON => pgwire::api::Type::JSON_ARRAY,
+            pgwire::api::Type::JSONB => pgwire::api::Type::JSONB_ARRAY,
+            pgwire::api::Type::UUID => pgwire::api::Type::UUID_ARRAY,
+            _ => return None,
+        }
+    } else {
+        t
+    };
+    Some(t.oid() as i64)
+}
+
+impl ScalarUDFImpl for ToRegtype {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let names = names
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("to_regtype".into()))?;
+        let out: datafusion::arrow::array::Int64Array =
+            names.iter().map(|n| n.and_then(type_oid)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// Registers `to_regtype`.
+pub fn register_types(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(ToRegtype {
+        signature: Signature::any(1, Volatility::Stable),
+    }));
 }

@@ -29,7 +29,6 @@ KNOWN_GAPS: dict[str, str] = {
     "test_psycopg.py::test_table_roundtrip_text_results": _TYPES,
     "test_psycopg.py::test_table_roundtrip_binary_results": _TYPES,
     "test_psycopg.py::test_result_column_description": _TYPES,
-    "test_psycopg.py::test_type_info_lookup": "to_regtype() returns NULL for every type",
     "test_sqlalchemy.py::test_inspect_schema_table_and_view_names": "a table created by CREATE TABLE AS is missing from SQLAlchemy's relation lookup",
     "test_sqlalchemy.py::test_inspect_columns_and_types": "column reflection uses correlated scalar subqueries DataFusion cannot plan",
     "test_sqlalchemy.py::test_inspect_view_columns": "column reflection uses correlated scalar subqueries DataFusion cannot plan",
