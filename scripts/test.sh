@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+# The S3 test runs tally against a local S3 server (moto).
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

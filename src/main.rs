@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info,datafusion=warn,deltalake=warn".into()),
+                .unwrap_or_else(|_| "info,datafusion=warn,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

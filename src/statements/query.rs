@@ -38,6 +38,8 @@ pub async fn plan(session: &Session, stmt: Statement) -> Result<LogicalPlan> {
 /// function's name (`count(*)` is `count`), else `?column?`.
 fn pg_name(e: &Expr) -> Option<String> {
     match e {
+        // DataFusion spells `count(*)` as `count(Int64(1)) AS "count(*)"`.
+        Expr::Alias(a) if a.name == "count(*)" => Some("count".to_string()),
         Expr::Alias(_) | Expr::Column(_) => None,
         Expr::ScalarFunction(f) => Some(f.name().to_string()),
         Expr::AggregateFunction(a) => Some(a.func.name().to_string()),
@@ -63,7 +65,19 @@ fn pg_column_names(plan: LogicalPlan) -> Result<LogicalPlan> {
     let LogicalPlan::Projection(p) = node else {
         return Ok(plan);
     };
-    let wanted: Vec<Option<String>> = p.expr.iter().map(pg_name).collect();
+    let wanted: Vec<Option<String>> = p
+        .expr
+        .iter()
+        .map(|e| match (e, p.input.as_ref()) {
+            // A column that is an aggregate's output is named after the aggregate.
+            (Expr::Column(c), LogicalPlan::Aggregate(agg)) if c.relation.is_none() => agg
+                .aggr_expr
+                .iter()
+                .find(|a| a.schema_name().to_string() == c.name)
+                .and_then(pg_name),
+            _ => pg_name(e),
+        })
+        .collect();
     if wanted.iter().all(Option::is_none) {
         return Ok(plan);
     }

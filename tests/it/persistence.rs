@@ -131,3 +131,69 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The warehouse on S3 (a local moto server speaking the S3 API): tables, the catalog and a
+/// restart, with credentials and endpoint from tally's storage options.
+#[tokio::test]
+async fn s3_warehouse() {
+    let port = free_port();
+    let _moto = tokio::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("moto_server on PATH (scripts/test.sh installs moto[server])");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // Create the bucket with a plain HTTP PUT once moto answers.
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = format!(
+                "PUT /tally-it HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf).await;
+                if buf.starts_with("HTTP/1.1 200") {
+                    ready = true;
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "moto did not start");
+    let storage = |c: &mut tally::config::Config| {
+        for (k, v) in [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_region", "us-east-1"),
+        ] {
+            c.storage.insert(k.into(), v.into());
+        }
+        c.data = "s3://tally-it/warehouse".into();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_at(dir.path().to_path_buf(), storage).await;
+    let c = connect(server.pg_addr.port(), "tally", None).await.unwrap();
+    c.batch_execute(
+        "CREATE SCHEMA web; CREATE TABLE web.events AS SELECT 1 AS id, 'view' AS kind UNION ALL SELECT 2, 'order'; UPDATE web.events SET kind = 'buy' WHERE id = 2; CREATE VIEW web.buys AS SELECT id FROM web.events WHERE kind = 'buy'",
+    )
+    .await
+    .unwrap();
+    server.shutdown(Duration::from_secs(5)).await;
+    let server = start_at(dir.path().to_path_buf(), storage).await;
+    let c = connect(server.pg_addr.port(), "tally", None).await.unwrap();
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM web.buys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![2]);
+}

@@ -398,3 +398,18 @@ async fn health_endpoint() {
     assert!(buf.starts_with("HTTP/1.1 200"), "{buf}");
     assert!(buf.contains("\"ok\""), "{buf}");
 }
+
+/// Result columns carry PostgreSQL's names: `count(*)` is `count`, `x::int` is `x`, an
+/// expression is `?column?`.
+#[tokio::test]
+async fn result_column_names_follow_postgres() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    let stmt = c
+        .prepare("SELECT count(*), max(x), x::bigint, 1 + 1, x AS y FROM t GROUP BY x")
+        .await
+        .unwrap();
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, vec!["count", "max", "x", "?column?", "y"]);
+}
