@@ -19,6 +19,15 @@ use parking_lot::RwLock;
 
 use super::PG_VERSION;
 
+/// An argument as a text array (casting other types), for the functions below.
+fn text_arg(array: &ArrayRef) -> DFResult<StringArray> {
+    let cast = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+    cast.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("expected text".into()))
+}
+
 /// A function of fixed result that accepts the argument shapes PostgreSQL's does.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ConstFn {
@@ -174,11 +183,7 @@ impl ScalarUDFImpl for CurrentSetting {
                 Ok(ColumnarValue::Scalar(ScalarValue::Utf8(v)))
             }
             ColumnarValue::Array(a) => {
-                let names = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
-                let names = names
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| datafusion::error::DataFusionError::Internal("cast".into()))?;
+                let names = text_arg(a)?;
                 let mut b = StringBuilder::new();
                 for i in 0..names.len() {
                     if names.is_null(i) {
@@ -241,19 +246,7 @@ impl ScalarUDFImpl for SetConfig {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
-        let values = datafusion::arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
-        let (names, values) = match (
-            names.as_any().downcast_ref::<StringArray>(),
-            values.as_any().downcast_ref::<StringArray>(),
-        ) {
-            (Some(n), Some(v)) => (n.clone(), v.clone()),
-            _ => {
-                return Err(datafusion::error::DataFusionError::Internal(
-                    "set_config".into(),
-                ));
-            }
-        };
+        let (names, values) = (text_arg(&arrays[0])?, text_arg(&arrays[1])?);
         let mut out = StringBuilder::new();
         let mut settings = self.settings.write();
         for i in 0..names.len() {
@@ -337,11 +330,7 @@ impl ScalarUDFImpl for QuoteLiteral {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let strings = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
-        let strings = strings
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Internal("quote_literal".into()))?;
+        let strings = text_arg(&arrays[0])?;
         let out: StringArray = strings
             .iter()
             .map(|v| {
@@ -527,14 +516,11 @@ impl ScalarUDFImpl for PgLike {
             .iter()
             .map(|a| a.to_array(n))
             .collect::<DFResult<_>>()?;
-        let text = |a: &ArrayRef| -> DFResult<StringArray> {
-            let c = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
-            c.as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| datafusion::error::DataFusionError::Internal("pg_like".into()))
-        };
-        let (values, patterns, escapes) = (text(&arrays[0])?, text(&arrays[1])?, text(&arrays[2])?);
+        let (values, patterns, escapes) = (
+            text_arg(&arrays[0])?,
+            text_arg(&arrays[1])?,
+            text_arg(&arrays[2])?,
+        );
         let ci = datafusion::arrow::compute::cast(&arrays[3], &DataType::Boolean)?;
         let ci = ci
             .as_any()
@@ -654,11 +640,7 @@ impl ScalarUDFImpl for ToRegtype {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
-        let names = names
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Internal("to_regtype".into()))?;
+        let names = text_arg(&arrays[0])?;
         let out: datafusion::arrow::array::Int64Array =
             names.iter().map(|n| n.and_then(type_oid)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
