@@ -12,14 +12,8 @@ import argparse
 import os
 import subprocess
 import tempfile
-import time
 
-
-def psql(port: int, db: str, user: str, sql: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db, "-c", sql],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+from bench_streaming import psql  # same timed psql call
 
 
 def main() -> None:

@@ -290,15 +290,7 @@ async fn copy_to_url(
         }
     }
     .map_err(unwrap_datafusion)?;
-    let rows: u64 = batches
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                .map(|a| a.value(0))
-        })
-        .sum();
+    let rows: u64 = crate::storage::delta::affected_rows(&batches);
     Ok(Output::Command(Completion::rows("COPY", rows as usize)))
 }
 
@@ -644,15 +636,7 @@ async fn copy_in(session: &mut Session, source: CopySource, format: CopyFormat) 
     let task_ctx = session.ctx.task_ctx();
     let writer = tokio::spawn(async move {
         let batches = collect(sink, task_ctx).await.map_err(unwrap_datafusion)?;
-        Ok(batches
-            .iter()
-            .filter_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                    .map(|a| a.value(0))
-            })
-            .sum())
+        Ok(crate::storage::delta::affected_rows(&batches))
     });
     let header_pending = matches!(format, CopyFormat::Csv { header: true, .. });
     Ok(Output::CopyIn(CopyIn {

@@ -386,15 +386,7 @@ async fn write_plan_into(
     let batches = collect(sink, session.ctx.task_ctx())
         .await
         .map_err(unwrap_datafusion)?;
-    Ok(batches
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                .map(|a| a.value(0))
-        })
-        .sum())
+    Ok(crate::storage::delta::affected_rows(&batches))
 }
 
 /// `CREATE TEMPORARY TABLE`: an in-memory table private to the session.

@@ -129,11 +129,25 @@ pub async fn run(session: &mut Session, sql: &str) -> (Vec<Output>, Option<Tally
 
 /// Runs one parsed statement with the transaction rules and `statement_timeout`.
 pub async fn run_parsed(session: &mut Session, parsed: Parsed) -> Result<Output> {
+    let allowed_when_failed = parsed.stmt.ends_transaction() || is_rollback_to(&parsed.stmt);
+    let run = begin_statement(session, allowed_when_failed)?;
+    let result = guarded(execute(session, parsed), run.deadline, &run.token).await;
+    finish_statement(session, run, result)
+}
+
+/// A statement in flight: counted as running, with its deadline and cancel token.
+pub struct StatementRun {
+    _running: crate::engine::RunningGuard,
+    deadline: Option<Instant>,
+    token: CancellationToken,
+}
+
+/// The checks and set-up every statement goes through, whichever protocol sent it: an
+/// earlier streaming failure fails the transaction, a failed transaction refuses all but
+/// its end, and the statement gets its deadline and a fresh cancel token.
+pub fn begin_statement(session: &mut Session, allowed_when_failed: bool) -> Result<StatementRun> {
     note_stream_failure(session);
-    if session.txn == TxnState::Failed
-        && !parsed.stmt.ends_transaction()
-        && !is_rollback_to(&parsed.stmt)
-    {
+    if session.txn == TxnState::Failed && !allowed_when_failed {
         return Err(TallyError::Transaction {
             code: "25P02",
             message:
@@ -141,16 +155,27 @@ pub async fn run_parsed(session: &mut Session, parsed: Parsed) -> Result<Output>
                     .into(),
         });
     }
-    let _running = session.engine.statement_started();
-    let deadline = session.statement_timeout().map(|t| Instant::now() + t);
     let token = CancellationToken::new();
     *session.cancel.lock() = token.clone();
-    let result = guarded(execute(session, parsed), deadline, &token).await;
+    Ok(StatementRun {
+        _running: session.engine.statement_started(),
+        deadline: session.statement_timeout().map(|t| Instant::now() + t),
+        token,
+    })
+}
+
+/// Completes a statement: rows keep streaming under its deadline and token; an error fails
+/// the open transaction.
+pub fn finish_statement(
+    session: &mut Session,
+    run: StatementRun,
+    result: Result<Output>,
+) -> Result<Output> {
     match result {
         Ok(Output::Rows(stream)) => Ok(Output::Rows(guard_stream(
             stream,
-            deadline,
-            token,
+            run.deadline,
+            run.token,
             session.stream_failed.clone(),
         ))),
         Ok(o) => Ok(o),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, UInt64Array};
+use crate::storage::delta::affected_rows;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -219,16 +219,7 @@ async fn dml_plan(session: &Session, plan: LogicalPlan, tag: &str) -> Result<Out
     let mut stream = df.execute_stream().await.map_err(map_plan_error)?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(unwrap_datafusion)?;
-        if let Some(c) = batch
-            .column_by_name("count")
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-        {
-            rows += (0..c.len())
-                .filter(|i| c.is_valid(*i))
-                .map(|i| c.value(i))
-                .sum::<u64>();
-        }
+        rows += affected_rows(&[batch.map_err(unwrap_datafusion)?]);
     }
     Ok(Output::Command(Completion::rows(tag, rows as usize)))
 }
@@ -390,25 +381,13 @@ pub async fn execute_prepared(
     };
     match &prepared.plan {
         Some(_) => {
-            super::note_stream_failure(session);
-            if session.txn == crate::engine::session::TxnState::Failed {
-                return Err(TallyError::Transaction {
-                    code: "25P02",
-                    message: "current transaction is aborted, commands ignored until end of transaction block".into(),
-                });
-            }
             // Plan again at every Execute: tables are snapshots, and a statement cached by a
             // driver must see the rows committed since it was parsed.
             let TallyStatement::Sql(stmt) = &parsed.stmt else {
                 return Err(TallyError::Internal("prepared plan without SQL".into()));
             };
-            let _running = session.engine.statement_started();
-            let deadline = session
-                .statement_timeout()
-                .map(|t| std::time::Instant::now() + t);
-            let token = tokio_util::sync::CancellationToken::new();
-            *session.cancel.lock() = token.clone();
-            let run = async {
+            let run = super::begin_statement(session, false)?;
+            let work = async {
                 session.catalog.store().refresh().await?;
                 let plan = plan(session, (**stmt).clone())
                     .await?
@@ -419,20 +398,8 @@ pub async fn execute_prepared(
                     None => stream_plan(session, plan).await,
                 }
             };
-            let result = super::guarded(run, deadline, &token).await;
-            match result {
-                Ok(Output::Rows(s)) => Ok(Output::Rows(super::guard_stream(
-                    s,
-                    deadline,
-                    token,
-                    session.stream_failed.clone(),
-                ))),
-                Ok(o) => Ok(o),
-                Err(e) => {
-                    super::fail_transaction(session);
-                    Err(e)
-                }
-            }
+            let result = super::guarded(work, run.deadline, &run.token).await;
+            super::finish_statement(session, run, result)
         }
         None => match (
             &parsed.stmt,

@@ -270,6 +270,17 @@ impl CountExec {
     }
 }
 
+/// The rows a write plan reports: the sum of the `count` column of its result batches
+/// (DataFusion's sinks and [`CountExec`] answer with one such row each).
+pub fn affected_rows(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .flat_map(|c| c.iter().flatten())
+        .sum()
+}
+
 /// The schema of a DML result: one `count` column.
 pub fn count_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(
