@@ -2,8 +2,12 @@
 //! DataFusion functions. It depends on DataFusion only, never on the tally server, so the
 //! same functions register in any DataFusion program and on Ballista executors.
 //!
-//! Modules: [`validate`] (input validation and normalisation).
+//! Modules: [`validate`] (input validation and normalisation), [`pii`] (hashing, masking,
+//! redaction), [`transform`] (user agents, URLs, sampling), [`identity`] (identity stitching).
 
+pub mod identity;
+pub mod pii;
+pub mod transform;
 pub mod validate;
 
 use datafusion::prelude::SessionContext;
@@ -13,4 +17,11 @@ pub fn register_all(ctx: &SessionContext) {
     for udf in validate::functions() {
         ctx.register_udf(udf);
     }
+    for udf in pii::functions() {
+        ctx.register_udf(udf);
+    }
+    for udf in transform::functions() {
+        ctx.register_udf(udf);
+    }
+    identity::register(ctx);
 }
