@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Client compatibility suite: starts tally on a fresh, throw-away warehouse and runs
-# tests/clients (psql, psycopg 3, asyncpg, SQLAlchemy 2 + pandas, pgjdbc) against it.
+# tests/clients (psql, psycopg 3, asyncpg, SQLAlchemy 2 + pandas, pgjdbc, and the Segment and
+# RudderStack SDKs against the tracking API) against it.
 #
 # Installs what it needs on a fresh Debian machine (idempotent, quiet):
-#   pip: psycopg[binary] asyncpg sqlalchemy>=2 pandas pytest
+#   pip: psycopg[binary] asyncpg sqlalchemy>=2 pandas pytest segment-analytics-python rudder-sdk-python
+#   npm: @segment/analytics-node (into tests/clients/node)
 #   apt: libpostgresql-jdbc-java (pgjdbc jar), and psql / a JDK if they are missing
 # Uses $TALLY_BIN, else $CARGO_TARGET_DIR/debug/tally (default ./target/debug/tally), building
 # it with `cargo build --bin tally` when missing.
@@ -26,13 +28,14 @@ log() { echo "clients.sh: $*" >&2; }
 install_python_deps() {
   if python3 - <<'EOF' 2>/dev/null; then
 import asyncpg, pandas, psycopg, pytest, sqlalchemy
+import segment.analytics, rudderstack.analytics
 assert int(sqlalchemy.__version__.split(".")[0]) >= 2
 psycopg.pq.version()  # a libpq implementation (binary wheel) is loadable
 EOF
     return
   fi
   log "installing Python packages"
-  local pkgs=("psycopg[binary]" asyncpg "sqlalchemy>=2" pandas pytest)
+  local pkgs=("psycopg[binary]" asyncpg "sqlalchemy>=2" pandas pytest segment-analytics-python rudder-sdk-python)
   local pip=(python3 -m pip install -q --disable-pip-version-check --no-input)
   if ! "${pip[@]}" "${pkgs[@]}" 2>"${TMPDIR:-/tmp}/clients-pip.err"; then
     # Debian's system Python refuses pip installs (PEP 668) unless told otherwise.
@@ -59,8 +62,18 @@ install_apt_deps() {
   fi
 }
 
+# The Segment Node.js SDK for the tracking API tests (npm registry; package.json pins it).
+install_node_deps() {
+  command -v npm >/dev/null || { log "npm missing: the Node.js SDK test will fail"; return; }
+  if [ ! -d tests/clients/node/node_modules/@segment/analytics-node ]; then
+    log "installing @segment/analytics-node"
+    (cd tests/clients/node && npm install --no-audit --no-fund --silent)
+  fi
+}
+
 install_python_deps
 install_apt_deps
+install_node_deps
 
 # --- the server binary -----------------------------------------------------------------------
 
@@ -144,7 +157,7 @@ fi
 
 # --- run the suite ---------------------------------------------------------------------------
 
-export TALLY_HOST=127.0.0.1 TALLY_PORT="$pg_port" TALLY_DB=tally TALLY_USER=tally
+export TALLY_HOST=127.0.0.1 TALLY_PORT="$pg_port" TALLY_DB=tally TALLY_USER=tally TALLY_HTTP_PORT="$http_port"
 unset TALLY_PASSWORD
 rc=0
 python3 -m pytest -q -p no:cacheprovider tests/clients "$@" || rc=$?

@@ -22,4 +22,4 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 if [ -z "$ready" ]; then echo "tally did not start; log:" >&2; cat "$data.log" >&2; exit 1; fi
-TALLY_PORT="$port" "$@"
+TALLY_PORT="$port" TALLY_HTTP_PORT="$http" TALLY_DATA_DIR="$data" "$@"

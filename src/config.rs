@@ -53,6 +53,43 @@ pub struct FileConfig {
     /// Object-store options (for example `aws_endpoint`, `aws_region`, `aws_allow_http`).
     #[serde(default)]
     pub storage: BTreeMap<String, String>,
+    /// The collection API (`[collect]`).
+    #[serde(default)]
+    pub collect: CollectConfig,
+}
+
+/// Settings of the collection API: how events move from the write-ahead log into tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// Folder of the write-ahead log. Defaults to `<data>/_tally/wal` for a local warehouse
+    /// and `./tally-wal` for one on object storage: the log must be on a local disk, since
+    /// an acknowledgement waits for its fsync.
+    pub wal_dir: Option<PathBuf>,
+    /// Flush the log into tables at least this often (milliseconds).
+    pub flush_interval_ms: u64,
+    /// Flush as soon as this many events are waiting, and never more in one micro-batch.
+    pub flush_max_events: usize,
+    /// A messageId seen again within this many seconds is acknowledged but not stored twice.
+    pub dedupe_window_secs: u64,
+    /// At most this many recent messageIds are remembered for de-duplication (about 40 bytes
+    /// each), so memory stays bounded at any ingest rate.
+    pub dedupe_max_ids: usize,
+    /// Start a new log segment after this many bytes; flushed segments are deleted whole.
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            wal_dir: None,
+            flush_interval_ms: 1000,
+            flush_max_events: 100_000,
+            dedupe_window_secs: 24 * 3600,
+            dedupe_max_ids: 2_000_000,
+            wal_segment_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Resolved settings.
@@ -76,6 +113,8 @@ pub struct Config {
     pub users: BTreeMap<String, UserConfig>,
     /// Object-store options.
     pub storage: BTreeMap<String, String>,
+    /// The collection API.
+    pub collect: CollectConfig,
 }
 
 /// Values given on the command line or in the environment (clap fills both).
@@ -145,6 +184,7 @@ impl Config {
             spill_dir: file.spill_dir,
             users: file.users,
             storage: file.storage,
+            collect: file.collect,
         })
     }
 
@@ -161,6 +201,7 @@ impl Config {
             spill_dir: None,
             users: BTreeMap::new(),
             storage: BTreeMap::new(),
+            collect: CollectConfig::default(),
         }
     }
 }

@@ -9,8 +9,10 @@
 //! - [`storage`]: object stores from URLs and Delta Lake tables as DataFusion tables.
 //! - [`error`]: the error type of the engine layers and its SQLSTATE mapping.
 //! - [`server`]: runs the listeners of `tally serve` and their graceful shutdown.
+//! - [`collect`]: the Segment/RudderStack-compatible tracking API, its write-ahead log and flusher.
 
 pub mod catalog;
+pub mod collect;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -24,6 +24,8 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<()>>>,
+    flush_shutdown: watch::Sender<bool>,
+    flusher: JoinHandle<()>,
 }
 
 /// Opens the warehouse and starts both listeners.
@@ -52,8 +54,13 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         .local_addr()
         .map_err(|e| TallyError::Internal(e.to_string()))?;
     let (tx, rx) = watch::channel(false);
+    // The flusher gets its own signal: it must outlive the HTTP listener, so that requests
+    // acknowledged during shutdown are flushed too.
+    let (flush_tx, flush_rx) = watch::channel(false);
+    let (collector, flusher) = crate::collect::Collector::start(engine.clone(), flush_rx).await?;
     let pg_task = tokio::spawn(crate::wire::serve(engine.clone(), pg, tls, rx.clone()));
-    let http_task = tokio::spawn(serve_http(http, rx));
+    let router = crate::collect::http::router(Some(collector));
+    let http_task = tokio::spawn(crate::collect::http::serve(http, router, rx));
     tracing::info!(%pg_addr, %http_addr, data = %config.data, "tally is ready");
     Ok(RunningServer {
         engine,
@@ -61,6 +68,8 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         http_addr,
         shutdown: tx,
         tasks: vec![pg_task, http_task],
+        flush_shutdown: flush_tx,
+        flusher,
     })
 }
 
@@ -75,21 +84,11 @@ impl RunningServer {
         while self.engine.running_statements() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Flush what was acknowledged; whatever does not make it stays in the log for the
+        // next start.
+        let _ = self.flush_shutdown.send(true);
+        let _ = tokio::time::timeout(grace.max(Duration::from_secs(5)), self.flusher).await;
     }
-}
-
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
-}
-
-async fn serve_http(listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let app = axum::Router::new().route("/health", axum::routing::get(health));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-        .map_err(|e| TallyError::Internal(format!("HTTP server: {e}")))
 }
 
 /// Waits for SIGINT or SIGTERM.

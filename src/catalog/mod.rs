@@ -28,7 +28,7 @@ pub const DEFAULT_SCHEMA: &str = "public";
 /// The database name clients connect to.
 pub const DATABASE: &str = "tally";
 /// Schemas that belong to the system and cannot be created, dropped or written by users.
-pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_temp"];
+pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_temp", "tally"];
 
 const CATALOG_DIR: &str = "_tally/catalog";
 /// How many times a catalog change is re-applied after losing a race before giving up.
@@ -46,6 +46,24 @@ pub struct CatalogDoc {
     /// Users created with `CREATE USER` (users from `tally.toml` are not stored here).
     #[serde(default)]
     pub users: BTreeMap<String, UserEntry>,
+    /// Event sources created with `CREATE SOURCE`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceEntry>,
+}
+
+/// An event source: SDKs send to it with its write key, its events land in the schema of
+/// the same name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceEntry {
+    /// Source type (`tracking_api`).
+    pub source_type: String,
+    /// The write key SDKs authenticate with.
+    pub write_key: String,
+    /// When the source was created (RFC 3339).
+    pub created_at: String,
+    /// When the write key was last rotated (RFC 3339).
+    #[serde(default)]
+    pub key_rotated_at: Option<String>,
 }
 
 /// A schema and its relations (tables, views and external tables share one namespace).

@@ -45,6 +45,8 @@ pub struct Engine {
     config_credentials: std::collections::HashMap<String, Credentials>,
     next_session_id: std::sync::atomic::AtomicU32,
     running: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counters of the collection API, shown in `tally.source_stats`.
+    pub collect_stats: Arc<crate::collect::Stats>,
 }
 
 /// Counts a statement as running while alive, so shutdown can wait for commits to finish.
@@ -125,6 +127,14 @@ impl Engine {
             *builder.type_planner() = Some(Arc::new(pg_compat::PgTypePlanner { inner }));
             *ctx.state_ref().write() = builder.build();
         }
+        let collect_stats = Arc::new(crate::collect::Stats::default());
+        system_schemas.insert(
+            "tally".to_string(),
+            Arc::new(crate::collect::system::TallySchema::new(
+                catalog.clone(),
+                collect_stats.clone(),
+            )),
+        );
         let template = ctx.state();
         let config_credentials = config
             .users
@@ -146,6 +156,7 @@ impl Engine {
             template,
             next_session_id: std::sync::atomic::AtomicU32::new(1),
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            collect_stats,
         }))
     }
 

@@ -298,6 +298,7 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
         TallyStatement::DropUser { names, if_exists } => {
             users::drop_users(session, names, if_exists).await
         }
+        TallyStatement::Source(stmt) => crate::collect::sources::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

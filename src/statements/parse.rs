@@ -42,6 +42,8 @@ pub enum TallyStatement {
         /// New superuser flag.
         superuser: Option<bool>,
     },
+    /// `CREATE SOURCE`, `ALTER SOURCE ... ROTATE WRITE KEY`, `DROP SOURCE`.
+    Source(crate::collect::sources::SourceStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -130,6 +132,9 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
             sql: text.trim().to_string(),
             stmt: Box::new(stmt),
         });
+    }
+    if w(1) == "SOURCE" && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
+        return crate::collect::sources::parse(text).map(TallyStatement::Source);
     }
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return parse_user(text);

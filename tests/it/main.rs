@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link on two cores), each module a feature, every test
 //! against a real `tally serve` on ephemeral ports through real clients.
 
+mod collect;
 mod common;
 mod persistence;
 mod slt;
