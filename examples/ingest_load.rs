@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A request body template: its bytes, its message count and where its messageIds start.
+type Body = (Vec<u8>, usize, Vec<usize>);
+
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
         .position(|a| a == name)
@@ -38,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // Each body remembers where its messageIds are, so every pass over the data can give
     // them a new prefix: the server never sees a retry, as in a real stream.
-    let bodies: Arc<Vec<(Vec<u8>, usize, Vec<usize>)>> = Arc::new(
+    let bodies: Arc<Vec<Body>> = Arc::new(
         lines
             .chunks(batch)
             .map(|c| {

@@ -149,8 +149,7 @@ impl Flusher {
     async fn write(&mut self, records: Vec<Record>) -> Result<()> {
         let loaded_at = Utc::now();
         // Parse and lay out every record, grouped by (schema, table).
-        let mut laid: BTreeMap<(String, String), Vec<(u64, Vec<(String, layout::Cell)>)>> =
-            BTreeMap::new();
+        let mut laid: BTreeMap<(String, String), Vec<(u64, layout::Row)>> = BTreeMap::new();
         let mut per_source: HashMap<String, u64> = HashMap::new();
         for rec in records {
             let schema = rec.source.clone();

@@ -252,6 +252,9 @@ struct Column {
     existing: bool,
 }
 
+/// One row: `(column, value)` cells.
+pub type Row = Vec<(String, Cell)>;
+
 /// Rows for one table, built column by column against the table's current schema.
 pub struct TableRows {
     columns: Vec<Column>,

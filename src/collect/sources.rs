@@ -190,7 +190,7 @@ pub async fn execute(session: &mut Session, stmt: SourceStatement) -> Result<Out
             .await?;
             let mut c = Completion::tag("CREATE SOURCE");
             if !created {
-                c = c.with_notice(&format!("source \"{name}\" already exists, skipping"));
+                c = c.with_notice(format!("source \"{name}\" already exists, skipping"));
             }
             Ok(Output::Command(c))
         }
@@ -231,7 +231,7 @@ pub async fn execute(session: &mut Session, stmt: SourceStatement) -> Result<Out
             .await?;
             let mut c = Completion::tag("DROP SOURCE");
             for n in missing {
-                c = c.with_notice(&format!("source \"{n}\" does not exist, skipping"));
+                c = c.with_notice(format!("source \"{n}\" does not exist, skipping"));
             }
             Ok(Output::Command(c))
         }
