@@ -41,7 +41,7 @@
 //! # Memory
 //! Per identifier: 8 (hash) + 8 (arena end offset) + 1 (type) + 8 (first seen) + 4
 //! (degree) + 4 + 4 (union-find parent and size) + 4 + 4 (representative and profile size)
-//! + about 9 (hash-table slot at 7/8 load, power-of-two capacity) = about 54 bytes, plus 16
+//! plus about 9 (hash-table slot at 7/8 load, power-of-two capacity) = about 54 bytes, plus 16
 //! bytes per stored edge (about 0.9 edges per identifier in Segment-style data, so about 15
 //! bytes per identifier), plus the value bytes themselves. That is **about 70 MB per million
 //! identifiers plus the strings**. Resolution adds a transient 5 bytes per identifier (flattened
@@ -754,10 +754,9 @@ impl IdentityGraph {
             Some(t)
         };
         // Flatten the forest so that later passes read roots directly.
-        let mut roots = vec![0u32; n];
-        for x in 0..n {
-            roots[x] = Self::find(&mut self.parent, x as u32);
-        }
+        let roots: Vec<u32> = (0..n)
+            .map(|x| Self::find(&mut self.parent, x as u32))
+            .collect();
         let is_touched = |x: usize| touched.as_ref().is_none_or(|t| t[roots[x] as usize]);
 
         // Limit check per component.
@@ -772,13 +771,13 @@ impl IdentityGraph {
         let mut any_violating = false;
         if !limited.is_empty() {
             counts = vec![vec![0u32; n]; limited.len()];
-            for x in 0..n {
+            for (x, &root) in roots.iter().enumerate() {
                 if !is_touched(x) {
                     continue;
                 }
                 let t = self.node_type[x];
                 if let Some(slot) = limited.iter().position(|(lt, _)| *lt == t) {
-                    let r = roots[x] as usize;
+                    let r = root as usize;
                     counts[slot][r] += 1;
                     if counts[slot][r] > limited[slot].1 {
                         violating[r] = true;

@@ -71,7 +71,7 @@ pub fn luhn_ok(s: &str) -> bool {
         sum += d;
         double = !double;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The ISO 13616 IBAN check: move the first four characters to the end, read letters as
