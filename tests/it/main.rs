@@ -2,6 +2,7 @@
 //! against a real `tally serve` on ephemeral ports through real clients.
 
 mod common;
+mod identity;
 mod persistence;
 mod slt;
 mod wire;
