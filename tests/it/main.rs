@@ -3,6 +3,7 @@
 
 mod collect;
 mod common;
+mod identity;
 mod persistence;
 mod slt;
 mod wire;

@@ -4,8 +4,8 @@
 //! ```sql
 //! SELECT * FROM identity_stitch('web.identity_edges');
 //! SELECT * FROM identity_stitch('identity_edges', '{"limits": {"user_id": 1, "email": 3}}');
-//! SELECT * FROM identity_stitch((SELECT left_type, left_value, right_type, right_value, event_ts
-//!                                FROM identity_edges WHERE event_ts > now() - INTERVAL '30 days'));
+//! SELECT * FROM identity_stitch('SELECT left_type, left_value, right_type, right_value, event_ts
+//!                                FROM identity_edges WHERE event_ts > now() - INTERVAL ''30 days''');
 //! ```
 //!
 //! The edges have the columns `left_type, left_value, right_type, right_value` and

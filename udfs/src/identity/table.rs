@@ -4,8 +4,12 @@
 //! as one of:
 //! - a table name as text, optionally schema- or catalog-qualified
 //!   (`identity_stitch('web.identity_edges')`), checked to exist when the query is planned;
-//! - a query as text (`identity_stitch('SELECT ... FROM ...')`), planned when the scan is;
-//! - a scalar subquery (`identity_stitch((SELECT ... FROM ...))`), planned with the query.
+//! - a query as text (`identity_stitch('SELECT ... FROM ...')`), planned when the scan is.
+//!
+//! A subquery argument (`identity_stitch((SELECT a, b, c, d FROM t))`) does not reach the
+//! function: DataFusion's SQL planner refuses a scalar subquery of more than one column
+//! while planning the arguments. Giving the function a real relation needs a
+//! `RelationPlanner` in the server; until then, query text does the same job.
 //!
 //! The output schema is fixed, so the input is only read (and its columns checked) when
 //! the scan is planned, still before any row is produced. The operator reads the input's
@@ -24,7 +28,7 @@ use datafusion::common::{
 };
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
@@ -54,8 +58,6 @@ enum EdgesSource {
     },
     /// Query text, planned at scan time.
     Sql(String),
-    /// A subquery planned with the statement.
-    Plan(Arc<LogicalPlan>),
 }
 
 fn literal_text(e: &Expr) -> Option<&str> {
@@ -126,21 +128,16 @@ impl TableFunctionImpl for IdentityStitch {
             )));
         }
         let session = args.session();
-        let source = match &exprs[0] {
-            Expr::ScalarSubquery(sq) => {
-                check_columns(sq.subquery.schema().as_arrow())?;
-                EdgesSource::Plan(sq.subquery.clone())
+        let source = match literal_text(&exprs[0]) {
+            Some(s) if looks_like_query(s) => EdgesSource::Sql(s.to_string()),
+            Some(name) => resolve_table(name, session)?,
+            None => {
+                return Err(DataFusionError::Plan(format!(
+                    "identity_stitch: the edges argument must be a table name or a query, \
+                     as text, got {}",
+                    exprs[0]
+                )));
             }
-            e => match literal_text(e) {
-                Some(s) if looks_like_query(s) => EdgesSource::Sql(s.to_string()),
-                Some(name) => resolve_table(name, session)?,
-                None => {
-                    return Err(DataFusionError::Plan(format!(
-                        "identity_stitch: the edges argument must be a table name or a query \
-                         as text, or a (SELECT ...) subquery, got {e}"
-                    )));
-                }
-            },
         };
         let options = match exprs.get(1) {
             None => StitchOptions::default(),
@@ -248,7 +245,7 @@ impl TableProvider for IdentityStitchTable {
                     .ok_or_else(|| {
                         DataFusionError::NotImplemented(
                             "identity_stitch: a query given as text needs a DataFusion \
-                             SessionState; pass a (SELECT ...) subquery instead"
+                             SessionState; pass a table name instead"
                                 .into(),
                         )
                     })?;
@@ -256,7 +253,6 @@ impl TableProvider for IdentityStitchTable {
                 check_columns(plan.schema().as_arrow())?;
                 state.create_physical_plan(&plan).await?
             }
-            EdgesSource::Plan(plan) => state.create_physical_plan(plan).await?,
         };
         Ok(Arc::new(IdentityStitchExec::new(
             input,
