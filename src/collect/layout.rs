@@ -451,6 +451,30 @@ fn flatten_payload(prefix: &str, obj: Option<&Value>, out: &mut Vec<(String, Cel
     }
 }
 
+/// The traits of an identify call. RudderStack's SDKs send them as `context.traits` only, while
+/// Segment's send top-level `traits`; like RudderStack's warehouse loader, both are merged, the
+/// top-level value winning, so the `users` view gets the traits whichever SDK sent them.
+fn identify_traits(body: &Map<String, Value>) -> Option<Value> {
+    let top = body.get("traits").and_then(Value::as_object);
+    let ctx = body
+        .get("context")
+        .and_then(Value::as_object)
+        .and_then(|c| c.get("traits"))
+        .and_then(Value::as_object);
+    match (ctx, top) {
+        (None, None) => None,
+        (Some(ctx), None) => Some(Value::Object(ctx.clone())),
+        (None, Some(top)) => Some(Value::Object(top.clone())),
+        (Some(ctx), Some(top)) => {
+            let mut merged = ctx.clone();
+            for (k, v) in top {
+                merged.insert(k.clone(), v.clone());
+            }
+            Some(Value::Object(merged))
+        }
+    }
+}
+
 /// The rows one message contributes: `(table, cells)` pairs.
 pub fn rows_of(
     kind: Kind,
@@ -470,7 +494,8 @@ pub fn rows_of(
         }
         Kind::Identify => {
             let mut cells = common;
-            flatten_payload("trait", body.get("traits"), &mut cells);
+            let traits = identify_traits(body);
+            flatten_payload("trait", traits.as_ref(), &mut cells);
             vec![("identifies".into(), cells)]
         }
         Kind::Page | Kind::Screen => {
@@ -604,5 +629,25 @@ mod tests {
         ] {
             assert!(own.contains(&expected), "{expected} missing from {own:?}");
         }
+    }
+
+    #[test]
+    fn identify_traits_from_context_and_top_level_are_merged() {
+        let body = json!({"type": "identify", "userId": "u1",
+            "context": {"traits": {"email": "ctx@example.com", "plan": "free"}},
+            "traits": {"plan": "pro"}});
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        let rows = rows_of(Kind::Identify, &body, Utc::now());
+        let cells = &rows[0].1;
+        let get = |n: &str| {
+            cells
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, v)| format!("{v:?}"))
+        };
+        assert!(get("email").is_some_and(|v| v.contains("ctx@example.com")));
+        assert!(get("plan").is_some_and(|v| v.contains("pro")));
     }
 }
