@@ -985,6 +985,16 @@ impl IdentityGraph {
         Some((self.profile_id_of(rep), self.psize[rep as usize] as u64))
     }
 
+    /// The number of profiles after [`resolve`](Self::resolve): identifiers that represent
+    /// their profile.
+    pub fn profile_count(&self) -> usize {
+        self.rep
+            .iter()
+            .enumerate()
+            .filter(|&(i, &r)| r as usize == i)
+            .count()
+    }
+
     /// The schema of [`assignments`](Self::assignments): `identifier_type`,
     /// `identifier_value`, `profile_id`, `profile_size` (the `identity_stitch` output) and
     /// `first_seen` (microsecond timestamp, null when unknown), which a stored map keeps so
@@ -1035,6 +1045,22 @@ impl IdentityGraph {
         }
     }
 
+    /// Like [`into_assignments`](Self::into_assignments), but sharing the graph, so that a
+    /// caller that keeps the graph for later incremental resolutions (a persisted identity
+    /// graph) can stream the map out and take the graph back with `Arc::try_unwrap`.
+    pub fn shared_assignments(
+        graph: Arc<Self>,
+        batch_size: usize,
+        projection: Option<Vec<usize>>,
+    ) -> Assignments<'static> {
+        Assignments {
+            graph: AssignmentSource::Shared(graph),
+            next: 0,
+            batch_size: batch_size.max(1),
+            projection,
+        }
+    }
+
     /// Identifiers whose profile id differs from `previous` (a map of
     /// `(identifier_type, identifier_value) -> profile_id`), with the old and new id: the
     /// merge history after a refresh. Identifiers absent from `previous` are new, not
@@ -1079,6 +1105,7 @@ fn push_profile_id(s: &mut String, h: u128) {
 enum AssignmentSource<'a> {
     Borrowed(&'a IdentityGraph),
     Owned(Box<IdentityGraph>),
+    Shared(Arc<IdentityGraph>),
 }
 
 /// Iterator of assignment batches; see [`IdentityGraph::assignments`].
@@ -1096,6 +1123,7 @@ impl Iterator for Assignments<'_> {
         let g: &IdentityGraph = match &self.graph {
             AssignmentSource::Borrowed(g) => g,
             AssignmentSource::Owned(g) => g,
+            AssignmentSource::Shared(g) => g,
         };
         let n = g.rep.len();
         if self.next >= n {
