@@ -102,7 +102,7 @@ impl TallyError {
             TallyError::NotFound { kind, .. } => match *kind {
                 "schema" => "3F000",
                 "column" => "42703",
-                "user" | "role" | "source" => "42704",
+                "user" | "role" | "source" | "identity graph" => "42704",
                 "function" => "42883",
                 "prepared statement" => "26000",
                 "cursor" => "34000",
@@ -111,7 +111,7 @@ impl TallyError {
             },
             TallyError::AlreadyExists { kind, .. } => match *kind {
                 "schema" => "42P06",
-                "user" | "role" | "source" => "42710",
+                "user" | "role" | "source" | "identity graph" => "42710",
                 "prepared statement" => "42P05",
                 "cursor" => "42P03",
                 _ => "42P07",

@@ -10,12 +10,14 @@
 //! - [`error`]: the error type of the engine layers and its SQLSTATE mapping.
 //! - [`server`]: runs the listeners of `tally serve` and their graceful shutdown.
 //! - [`collect`]: the Segment/RudderStack-compatible tracking API, its write-ahead log and flusher.
+//! - [`identity`]: persisted identity graphs (`CREATE/REFRESH IDENTITY GRAPH`) over `identity_stitch`.
 
 pub mod catalog;
 pub mod collect;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod identity;
 pub mod server;
 pub mod statements;
 pub mod storage;

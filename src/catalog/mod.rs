@@ -49,6 +49,60 @@ pub struct CatalogDoc {
     /// Event sources created with `CREATE SOURCE`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceEntry>,
+    /// Identity graphs created with `CREATE IDENTITY GRAPH`, by `schema.name`.
+    #[serde(default)]
+    pub identity_graphs: BTreeMap<String, IdentityGraphEntry>,
+}
+
+/// A persisted identity graph: how to read its edges, its options, and where its last
+/// refresh left off. Its results live in the Delta tables `<name>_map` and `<name>_merges`
+/// of `schema`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityGraphEntry {
+    /// Schema of the graph and of its tables.
+    pub schema: String,
+    /// Graph name.
+    pub name: String,
+    /// The edges query (`SELECT * FROM <table>` when created from a table).
+    pub edges_sql: String,
+    /// Default schema when the graph was created, for resolving names in `edges_sql`.
+    pub default_schema: String,
+    /// The `identity_stitch` options document, if any.
+    #[serde(default)]
+    pub options: Option<String>,
+    /// A column of the edges that grows with each new edge (a load time or sequence): a
+    /// refresh reads only edges past the watermark. Without it, every refresh is full.
+    #[serde(default)]
+    pub incremental_column: Option<String>,
+    /// Highest `incremental_column` value folded in (microseconds for timestamps).
+    #[serde(default)]
+    pub watermark: Option<i64>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last successful refresh.
+    #[serde(default)]
+    pub refreshed_at: Option<String>,
+    /// Number of successful refreshes (the creating one included).
+    #[serde(default)]
+    pub refreshes: u64,
+    /// Identifiers in the map after the last refresh.
+    #[serde(default)]
+    pub identifiers: u64,
+    /// Profiles in the map after the last refresh.
+    #[serde(default)]
+    pub profiles: u64,
+    /// Edges read by the last refresh.
+    #[serde(default)]
+    pub last_edges: u64,
+    /// Whether the last refresh was incremental.
+    #[serde(default)]
+    pub last_incremental: bool,
+    /// Wall time of the last refresh in milliseconds.
+    #[serde(default)]
+    pub last_refresh_ms: u64,
+    /// Delta version of `<name>_map` written by the last refresh.
+    #[serde(default)]
+    pub map_version: Option<i64>,
 }
 
 /// An event source: SDKs send to it with its write key, its events land in the schema of

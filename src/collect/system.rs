@@ -153,7 +153,7 @@ fn mem(schema: SchemaRef, columns: Vec<ArrayRef>) -> DFResult<Arc<dyn TableProvi
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
-const TABLES: &[&str] = &["sources", "source_stats"];
+const TABLES: &[&str] = &["sources", "source_stats", "identity_graphs"];
 
 #[async_trait]
 impl SchemaProvider for TallySchema {
@@ -167,6 +167,9 @@ impl SchemaProvider for TallySchema {
         match name {
             "sources" => self.sources().map(Some),
             "source_stats" => self.source_stats().map(Some),
+            "identity_graphs" => {
+                crate::identity::system::identity_graphs_table(&self.catalog.current()).map(Some)
+            }
             other => Ok(self.extra.read().get(other).cloned()),
         }
     }

@@ -47,6 +47,8 @@ pub struct Engine {
     running: Arc<std::sync::atomic::AtomicUsize>,
     /// Counters of the collection API, shown in `tally.source_stats`.
     pub collect_stats: Arc<crate::collect::Stats>,
+    /// Identity graphs kept in memory between refreshes.
+    pub identity_graphs: Arc<crate::identity::GraphCache>,
 }
 
 /// Counts a statement as running while alive, so shutdown can wait for commits to finish.
@@ -157,6 +159,7 @@ impl Engine {
             next_session_id: std::sync::atomic::AtomicU32::new(1),
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             collect_stats,
+            identity_graphs: Default::default(),
         }))
     }
 

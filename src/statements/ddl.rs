@@ -80,7 +80,7 @@ fn require_schema(doc: &CatalogDoc, schema: &str) -> Result<()> {
 
 /// A free folder for a new table: `<schema>/<table>/`, or a suffixed one when that folder is
 /// still held by a renamed or dropped table.
-async fn new_location(session: &Session, q: &QualifiedName) -> Result<String> {
+pub(crate) async fn new_location(session: &Session, q: &QualifiedName) -> Result<String> {
     let wh = session.engine.warehouse();
     let doc = session.catalog.doc();
     let mut used: BTreeSet<String> = doc.table_locations().map(str::to_string).collect();
@@ -168,7 +168,7 @@ pub async fn create_table(session: &mut Session, ct: CreateTable) -> Result<Outp
 }
 
 /// Commits a freshly written table to the catalog; removes its folder if that fails.
-async fn register_new_table(
+pub(crate) async fn register_new_table(
     session: &mut Session,
     q: &QualifiedName,
     entry: TableEntry,

@@ -299,6 +299,9 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
             users::drop_users(session, names, if_exists).await
         }
         TallyStatement::Source(stmt) => crate::collect::sources::execute(session, stmt).await,
+        TallyStatement::IdentityGraph(stmt) => {
+            crate::identity::statements::execute(session, stmt).await
+        }
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

@@ -44,6 +44,8 @@ pub enum TallyStatement {
     },
     /// `CREATE SOURCE`, `ALTER SOURCE ... ROTATE WRITE KEY`, `DROP SOURCE`.
     Source(crate::collect::sources::SourceStatement),
+    /// `CREATE | REFRESH | DROP IDENTITY GRAPH`.
+    IdentityGraph(crate::identity::statements::GraphStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -135,6 +137,9 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     }
     if w(1) == "SOURCE" && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return crate::collect::sources::parse(text).map(TallyStatement::Source);
+    }
+    if w(1) == "IDENTITY" && w(2) == "GRAPH" && matches!(w(0), "CREATE" | "REFRESH" | "DROP") {
+        return crate::identity::statements::parse(text).map(TallyStatement::IdentityGraph);
     }
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return parse_user(text);

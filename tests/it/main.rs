@@ -4,6 +4,7 @@
 mod collect;
 mod common;
 mod identity;
+mod identity_graph;
 mod persistence;
 mod slt;
 mod wire;
