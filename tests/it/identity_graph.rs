@@ -55,7 +55,7 @@ async fn incremental_refresh_equals_full_and_records_merges() {
         stitched(&client).await,
         "the map is identity_stitch's result"
     );
-    assert_eq!(first.len(), 9);
+    assert_eq!(first.len(), 8);
     let a3 = first[&("anonymous_id".into(), "a3".into())].clone();
     let a4 = first[&("anonymous_id".into(), "a4".into())].clone();
     assert_eq!(a3, a4, "a3 and a4 share a device");
@@ -68,7 +68,7 @@ async fn incremental_refresh_equals_full_and_records_merges() {
         .await
         .expect("system table");
     assert_eq!(row.get::<_, i64>(0), 1);
-    assert_eq!(row.get::<_, i64>(1), 9);
+    assert_eq!(row.get::<_, i64>(1), 8);
     assert_eq!(row.get::<_, i64>(2), 3);
     assert_eq!(row.get::<_, Option<i64>>(3), Some(1));
     assert!(!row.get::<_, bool>(4));
