@@ -26,10 +26,10 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
 use tally_udfs::identity::graph::EDGE_COLUMNS;
-use tally_udfs::identity::{IdentityGraph, StitchOptions};
+use tally_udfs::identity::{Assignments, IdentityGraph, StitchOptions};
 
-use super::CachedGraph;
-use crate::catalog::{IdentityGraphEntry, Relation, TableEntry};
+use super::{BaseState, CachedGraph, map_version};
+use crate::catalog::{IdentityGraphEntry, Relation, TableEntry, ViewEntry};
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
 use crate::statements::names::{QualifiedName, check_writable_schema, default_schema};
@@ -269,6 +269,34 @@ fn map_name(q: &QualifiedName) -> QualifiedName {
     }
 }
 
+fn base_name(q: &QualifiedName) -> QualifiedName {
+    QualifiedName {
+        schema: q.schema.clone(),
+        name: format!("{}_map_base", q.name),
+    }
+}
+
+fn changes_name(q: &QualifiedName) -> QualifiedName {
+    QualifiedName {
+        schema: q.schema.clone(),
+        name: format!("{}_map_changes", q.name),
+    }
+}
+
+/// The map view: base rows not overridden by a change row, plus the change rows that are
+/// not tombstones. DataFusion plans the NOT EXISTS as an anti hash join built on the
+/// (small) change table.
+fn map_view_sql(q: &QualifiedName) -> String {
+    let (base, changes) = (quoted(&base_name(q)), quoted(&changes_name(q)));
+    format!(
+        "SELECT b.identifier_type, b.identifier_value, b.profile_id, b.profile_size, b.first_seen \
+         FROM {base} AS b WHERE NOT EXISTS (SELECT 1 FROM {changes} AS c \
+         WHERE c.identifier_type = b.identifier_type AND c.identifier_value = b.identifier_value) \
+         UNION ALL SELECT identifier_type, identifier_value, profile_id, profile_size, first_seen \
+         FROM {changes} WHERE profile_id IS NOT NULL"
+    )
+}
+
 fn merges_name(q: &QualifiedName) -> QualifiedName {
     QualifiedName {
         schema: q.schema.clone(),
@@ -360,7 +388,12 @@ async fn create(
             name: key,
         });
     }
-    for t in [map_name(&q), merges_name(&q)] {
+    for t in [
+        map_name(&q),
+        base_name(&q),
+        changes_name(&q),
+        merges_name(&q),
+    ] {
         if doc.relation(&t.schema, &t.name).is_some() {
             return Err(TallyError::AlreadyExists {
                 kind: "relation",
@@ -403,14 +436,22 @@ async fn create(
     let df = edges_frame(session, &entry).await?;
     check_edges(&df, &entry)?;
 
-    let map =
-        create_graph_table(session, &map_name(&q), &IdentityGraph::assignment_schema()).await?;
-    let merges = create_graph_table(session, &merges_name(&q), &merges_schema()).await;
-    if let Err(e) = merges {
-        drop_tables(session, &q).await;
-        let _ = map;
-        return Err(e);
+    let tables = [
+        (base_name(&q), IdentityGraph::assignment_schema()),
+        (changes_name(&q), IdentityGraph::change_schema()),
+        (merges_name(&q), merges_schema()),
+    ];
+    for (name, schema) in &tables {
+        if let Err(e) = create_graph_table(session, name, schema).await {
+            drop_tables(session, &q).await;
+            return Err(e);
+        }
     }
+    let view = map_name(&q);
+    let view_entry = ViewEntry {
+        sql: map_view_sql(&q),
+        default_schema: Some(q.schema.clone()),
+    };
     let stored = change_catalog(session, |doc| {
         if doc.identity_graphs.contains_key(&key) {
             return Err(TallyError::AlreadyExists {
@@ -418,6 +459,22 @@ async fn create(
                 name: key.clone(),
             });
         }
+        let schema = doc
+            .schemas
+            .get_mut(&view.schema)
+            .ok_or_else(|| TallyError::NotFound {
+                kind: "schema",
+                name: view.schema.clone(),
+            })?;
+        if schema.relations.contains_key(&view.name) {
+            return Err(TallyError::AlreadyExists {
+                kind: "relation",
+                name: format!("{view} (the identity graph's map)"),
+            });
+        }
+        schema
+            .relations
+            .insert(view.name.clone(), Relation::View(view_entry.clone()));
         doc.identity_graphs.insert(key.clone(), entry.clone());
         Ok(())
     })
@@ -464,16 +521,34 @@ async fn drop_graph(session: &mut Session, q: QualifiedName, if_exists: bool) ->
     Ok(Output::Command(Completion::tag("DROP IDENTITY GRAPH")))
 }
 
-/// Drops the graph's tables, best effort (used on DROP and to undo a failed CREATE).
+/// Drops the graph's map view and tables, best effort (used on DROP and to undo a failed
+/// CREATE).
 async fn drop_tables(session: &mut Session, q: &QualifiedName) {
-    let names: Vec<ObjectName> = [map_name(q), merges_name(q)]
+    let object = |t: &QualifiedName| {
+        ObjectName::from(vec![
+            Ident::with_quote('"', t.schema.clone()),
+            Ident::with_quote('"', t.name.clone()),
+        ])
+    };
+    let view_exists = matches!(
+        session.catalog.doc().relation(&q.schema, &map_name(q).name),
+        Some(Relation::View(_))
+    );
+    if view_exists
+        && let Err(e) = ddl::drop(
+            session,
+            ObjectType::View,
+            true,
+            vec![object(&map_name(q))],
+            true,
+        )
+        .await
+    {
+        tracing::warn!(graph = %q, error = %e, "could not drop the identity graph's map view");
+    }
+    let names: Vec<ObjectName> = [base_name(q), changes_name(q), merges_name(q)]
         .iter()
-        .map(|t| {
-            ObjectName::from(vec![
-                Ident::with_quote('"', t.schema.clone()),
-                Ident::with_quote('"', t.name.clone()),
-            ])
-        })
+        .map(object)
         .collect();
     if let Err(e) = ddl::drop(session, ObjectType::Table, true, names, true).await {
         tracing::warn!(graph = %q, error = %e, "could not drop the identity graph's tables");
@@ -587,7 +662,7 @@ fn check_edges(df: &DataFrame, entry: &IdentityGraphEntry) -> Result<()> {
         let t = schema
             .field_with_unqualified_name(c)
             .map(|f| f.data_type().clone())
-            .map_err(|e| TallyError::DataFusion(e))?;
+            .map_err(TallyError::DataFusion)?;
         if !watermark_type(&t) {
             return Err(TallyError::InvalidValue {
                 code: "42804",
@@ -704,7 +779,6 @@ async fn refresh_locked(
         })?,
         None => StitchOptions::default(),
     };
-    let map_location = table_location(session, &map_name(q))?;
     let merges_location = table_location(session, &merges_name(q))?;
     let edges = edges_frame(session, entry).await?;
     check_edges(&edges, entry)?;
@@ -765,10 +839,11 @@ async fn refresh_locked(
 
     let mut merges: BTreeSet<(String, String)> = BTreeSet::new();
     let mut edge_count = 0u64;
-    let graph = if incremental {
-        let mut graph = match cached {
-            Some(c) if Some(c.map_version) == entry.map_version => c.graph,
-            _ => seed_from_map(session, &map_location, options).await?,
+    let mut touched: Vec<u32> = Vec::new();
+    let (graph, base) = if incremental {
+        let (mut graph, base) = match cached {
+            Some(c) if Some(c.map_version) == entry.map_version => (c.graph, c.base),
+            _ => (seed_from_map(session, q, options).await?, None),
         };
         let mut before: HashMap<(String, String), String> = HashMap::new();
         let mut stream = edges.execute_stream().await.map_err(unwrap_datafusion)?;
@@ -777,12 +852,15 @@ async fn refresh_locked(
             edge_count += batch.num_rows() as u64;
             record_profiles(&graph, &batch, &mut before)?;
             graph.add_edges(&batch).map_err(graph_error)?;
+            if base.is_some() {
+                note_endpoints(&graph, &batch, &mut touched)?;
+            }
         }
         graph.resolve();
         for c in graph.changed_since(&before) {
             merges.insert((c.old_profile_id, c.new_profile_id));
         }
-        graph
+        (graph, base)
     } else {
         let mut graph = IdentityGraph::new(options);
         let mut stream = edges.execute_stream().await.map_err(unwrap_datafusion)?;
@@ -793,13 +871,18 @@ async fn refresh_locked(
         }
         graph.resolve();
         if entry.map_version.is_some() {
-            compare_with_map(session, &map_location, &graph, &mut merges).await?;
+            compare_with_map(session, q, &graph, &mut merges).await?;
         }
-        graph
+        (graph, None)
     };
 
-    let (graph, identifiers, profiles, map_version) =
-        write_map(session, &map_location, graph).await?;
+    let identifiers = graph.assigned_count() as u64;
+    let profiles = graph.profile_count() as u64;
+    let (graph, map_version, base) = match (incremental && edge_count == 0, entry.map_version) {
+        // Nothing new: the stored map is the graph's.
+        (true, Some(v)) => (graph, v, base),
+        _ => store_map(session, q, graph, base, touched).await?,
+    };
     let refresh_no = entry.refreshes as i64 + 1;
     if !merges.is_empty() {
         append_merges(session, &merges_location, refresh_no, &merges).await?;
@@ -834,7 +917,11 @@ async fn refresh_locked(
             merges: merges.len() as u64,
             millis,
         },
-        CachedGraph { graph, map_version },
+        CachedGraph {
+            graph,
+            map_version,
+            base,
+        },
     ))
 }
 
@@ -884,31 +971,50 @@ fn record_profiles(
     Ok(())
 }
 
-async fn map_frame(session: &Session, location: &str) -> Result<DataFrame> {
-    let table = session.catalog.tables().latest(location).await?;
-    let provider: Arc<dyn TableProvider> = Arc::new(DeltaTableProvider::try_new(table).await?);
-    session.ctx.read_table(provider).map_err(unwrap_datafusion)
+/// The graph's map as the view shows it.
+async fn map_frame(session: &Session, q: &QualifiedName, columns: &str) -> Result<DataFrame> {
+    session
+        .ctx
+        .sql(&format!("SELECT {columns} FROM {}", quoted(&map_name(q))))
+        .await
+        .map_err(unwrap_datafusion)
+}
+
+/// Notes the internal indices of the endpoints of `batch` (already added to the graph).
+fn note_endpoints(graph: &IdentityGraph, batch: &RecordBatch, out: &mut Vec<u32>) -> Result<()> {
+    let cols = EDGE_COLUMNS
+        .iter()
+        .map(|c| text(batch, c))
+        .collect::<Result<Vec<_>>>()?;
+    for (t, v) in [(&cols[0], &cols[1]), (&cols[2], &cols[3])] {
+        for i in 0..batch.num_rows() {
+            if t.is_null(i) || v.is_null(i) {
+                continue;
+            }
+            if let Some(x) = graph.identifier_index(t.value(i), v.value(i)) {
+                out.push(x);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds a graph from the stored map, keeping its merge decisions and profile ids.
 async fn seed_from_map(
     session: &Session,
-    location: &str,
+    q: &QualifiedName,
     options: StitchOptions,
 ) -> Result<IdentityGraph> {
     let mut graph = IdentityGraph::new(options);
-    let mut stream = map_frame(session, location)
-        .await?
-        .select_columns(&[
-            "identifier_type",
-            "identifier_value",
-            "profile_id",
-            "first_seen",
-        ])
-        .map_err(unwrap_datafusion)?
-        .execute_stream()
-        .await
-        .map_err(unwrap_datafusion)?;
+    let mut stream = map_frame(
+        session,
+        q,
+        "identifier_type, identifier_value, profile_id, first_seen",
+    )
+    .await?
+    .execute_stream()
+    .await
+    .map_err(unwrap_datafusion)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_datafusion)?;
         graph.seed_profiles(&batch).map_err(graph_error)?;
@@ -920,14 +1026,12 @@ async fn seed_from_map(
 /// After a full refresh: the profile ids of the stored map that the new graph renamed.
 async fn compare_with_map(
     session: &Session,
-    location: &str,
+    q: &QualifiedName,
     graph: &IdentityGraph,
     merges: &mut BTreeSet<(String, String)>,
 ) -> Result<()> {
-    let mut stream = map_frame(session, location)
+    let mut stream = map_frame(session, q, "identifier_type, identifier_value, profile_id")
         .await?
-        .select_columns(&["identifier_type", "identifier_value", "profile_id"])
-        .map_err(unwrap_datafusion)?
         .execute_stream()
         .await
         .map_err(unwrap_datafusion)?;
@@ -949,10 +1053,10 @@ async fn compare_with_map(
     Ok(())
 }
 
-/// A partition that streams the assignments of a shared graph once.
+/// A partition that streams map rows out of a shared graph once.
 struct GraphPartition {
     schema: SchemaRef,
-    graph: parking_lot::Mutex<Option<Arc<IdentityGraph>>>,
+    rows: parking_lot::Mutex<Option<Assignments<'static>>>,
 }
 
 impl std::fmt::Debug for GraphPartition {
@@ -967,13 +1071,12 @@ impl PartitionStream for GraphPartition {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let graph = self.graph.lock().take();
+        let rows = self.rows.lock().take();
         let iter: Box<dyn Iterator<Item = datafusion::common::Result<RecordBatch>> + Send> =
-            match graph {
-                Some(g) => Box::new(
-                    IdentityGraph::shared_assignments(g, MAP_BATCH_ROWS, None)
-                        .map(|r| r.map_err(|e| DataFusionError::External(Box::new(e)))),
-                ),
+            match rows {
+                Some(rows) => {
+                    Box::new(rows.map(|r| r.map_err(|e| DataFusionError::External(Box::new(e)))))
+                }
                 None => Box::new(std::iter::once(Err(DataFusionError::Internal(
                     "identity graph map streamed twice".into(),
                 )))),
@@ -985,19 +1088,97 @@ impl PartitionStream for GraphPartition {
     }
 }
 
-/// Overwrites the map with the graph's assignment in one Delta commit (readers see the old
-/// map or the new one, never a mix), streaming batches out of the graph. Gives the graph
-/// back with the identifier and profile counts and the map's new version.
-async fn write_map(
+/// A change set above this fraction of the base table (and above [`COMPACT_MIN_ROWS`])
+/// compacts instead: past it, reading through the view costs more than rewriting the base
+/// saves.
+pub const COMPACT_FRACTION: f64 = 0.1;
+
+/// Change sets up to this many rows never force a compaction: rewriting them is cheap
+/// whatever the size of the base.
+pub const COMPACT_MIN_ROWS: usize = 100_000;
+
+/// Stores the graph's assignment: only the rows that differ from the base when the cached
+/// base state allows it and the change set is small, else a compaction. Gives the graph
+/// back with the new map version and base state.
+async fn store_map(
+    session: &Session,
+    q: &QualifiedName,
+    graph: IdentityGraph,
+    base: Option<BaseState>,
+    touched: Vec<u32>,
+) -> Result<(IdentityGraph, i64, Option<BaseState>)> {
+    let base_location = table_location(session, &base_name(q))?;
+    let changes_location = table_location(session, &changes_name(q))?;
+    let changed = base.map(|mut b| {
+        b.touched.extend(touched);
+        b.touched.sort_unstable();
+        b.touched.dedup();
+        let rows = graph.changed_identifiers(&b.snapshot, &b.touched);
+        (b, rows)
+    });
+    let shared = Arc::new(graph);
+    let base = match changed {
+        Some((b, rows))
+            if rows.len() <= COMPACT_MIN_ROWS
+                || (rows.len() as f64) <= COMPACT_FRACTION * b.snapshot.len() as f64 =>
+        {
+            let rows = IdentityGraph::shared_rows(shared.clone(), rows, MAP_BATCH_ROWS);
+            overwrite(
+                session,
+                &changes_location,
+                IdentityGraph::change_schema(),
+                rows,
+            )
+            .await?;
+            b
+        }
+        _ => {
+            let rows = IdentityGraph::shared_assignments(shared.clone(), MAP_BATCH_ROWS, None);
+            overwrite(
+                session,
+                &base_location,
+                IdentityGraph::assignment_schema(),
+                rows,
+            )
+            .await?;
+            truncate(session, &changes_location).await?;
+            BaseState {
+                snapshot: shared.snapshot(),
+                touched: Vec::new(),
+            }
+        }
+    };
+    let graph = Arc::try_unwrap(shared)
+        .map_err(|_| TallyError::Internal("identity graph still shared after writing".into()))?;
+    let version = map_version(
+        table_version(session, &base_location).await?,
+        table_version(session, &changes_location).await?,
+    );
+    Ok((graph, version, Some(base)))
+}
+
+async fn table_version(session: &Session, location: &str) -> Result<i64> {
+    Ok(session
+        .catalog
+        .tables()
+        .latest(location)
+        .await?
+        .version()
+        .map_or(0, |v| v as i64))
+}
+
+/// Replaces the contents of the Delta table at `location` with `rows`, in one commit
+/// (readers see the old rows or the new ones, never a mix), streaming batches out of the
+/// graph.
+async fn overwrite(
     session: &Session,
     location: &str,
-    graph: IdentityGraph,
-) -> Result<(IdentityGraph, u64, u64, i64)> {
-    let schema = IdentityGraph::assignment_schema();
-    let shared = Arc::new(graph);
+    schema: SchemaRef,
+    rows: Assignments<'static>,
+) -> Result<u64> {
     let part = Arc::new(GraphPartition {
         schema: schema.clone(),
-        graph: parking_lot::Mutex::new(Some(shared.clone())),
+        rows: parking_lot::Mutex::new(Some(rows)),
     });
     let exec = Arc::new(
         StreamingTableExec::try_new(schema, vec![part], None, vec![], false, None)
@@ -1012,19 +1193,20 @@ async fn write_map(
         .map_err(unwrap_datafusion)?;
     let written = collect(sink, session.ctx.task_ctx())
         .await
-        .map_err(unwrap_datafusion);
-    let graph = Arc::try_unwrap(shared)
-        .map_err(|_| TallyError::Internal("identity graph still shared after writing".into()))?;
-    let identifiers = affected_rows(&written?);
-    let version = session
-        .catalog
-        .tables()
-        .latest(location)
-        .await?
-        .version()
-        .map_or(0, |v| v as i64);
-    let profiles = graph.profile_count() as u64;
-    Ok((graph, identifiers, profiles, version))
+        .map_err(unwrap_datafusion)?;
+    Ok(affected_rows(&written))
+}
+
+/// Empties the Delta table at `location` (no commit when it is already empty).
+async fn truncate(session: &Session, location: &str) -> Result<()> {
+    let table = session.catalog.tables().latest(location).await?;
+    let provider = DeltaTableProvider::try_new(table).await?;
+    let state = session.ctx.state();
+    let plan = provider.truncate(&state).await.map_err(unwrap_datafusion)?;
+    collect(plan, session.ctx.task_ctx())
+        .await
+        .map_err(unwrap_datafusion)?;
+    Ok(())
 }
 
 async fn append_merges(

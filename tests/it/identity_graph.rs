@@ -24,6 +24,14 @@ async fn stitched(client: &Client) -> BTreeMap<(String, String), String> {
     map_of(client, "identity_stitch('edges')").await
 }
 
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
 const EDGES: &str = "CREATE TABLE edges (left_type text, left_value text, right_type text, \
                      right_value text, event_ts timestamp, loaded_at bigint)";
 
@@ -110,6 +118,14 @@ async fn incremental_refresh_equals_full_and_records_merges() {
     assert_eq!(row.get::<_, i64>(0), 2, "only the new edges were read");
     assert!(row.get::<_, bool>(1));
     assert_eq!(row.get::<_, Option<i64>>(2), Some(2));
+    // Merge-on-read: the incremental refresh wrote only the rows that changed (a3, a4,
+    // d3 moved to u1's profile; u1's profile grew; a5 and five@ are new), not the base.
+    assert_eq!(count(&client, "people_map_base").await, 8);
+    let changed = count(&client, "people_map_changes").await;
+    assert!(
+        (3..second.len() as i64).contains(&changed),
+        "{changed} change rows"
+    );
     let merges = client
         .query(
             "SELECT old_profile_id, new_profile_id, refresh FROM people_merges",
@@ -157,16 +173,29 @@ async fn incremental_refresh_equals_full_and_records_merges() {
         .await
         .expect("full refresh");
     assert_eq!(map_of(&client, "people_map").await, third);
+    assert_eq!(
+        count(&client, "people_map_changes").await,
+        0,
+        "a full refresh compacts"
+    );
+    assert_eq!(count(&client, "people_map_base").await, third.len() as i64);
 
     client
         .batch_execute("DROP IDENTITY GRAPH people")
         .await
         .expect("drop");
-    let e = client
-        .query("SELECT * FROM people_map", &[])
-        .await
-        .expect_err("map dropped");
-    assert_eq!(code(&e), "42P01");
+    for t in [
+        "people_map",
+        "people_map_base",
+        "people_map_changes",
+        "people_merges",
+    ] {
+        let e = client
+            .query(&format!("SELECT * FROM {t}"), &[])
+            .await
+            .expect_err("dropped with the graph");
+        assert_eq!(code(&e), "42P01", "{t}");
+    }
     let n: i64 = client
         .query_one("SELECT count(*) FROM tally.identity_graphs", &[])
         .await

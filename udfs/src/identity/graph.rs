@@ -985,6 +985,12 @@ impl IdentityGraph {
         Some((self.profile_id_of(rep), self.psize[rep as usize] as u64))
     }
 
+    /// The number of identifiers with a profile after [`resolve`](Self::resolve): the rows
+    /// of the map (blocked identifiers have none).
+    pub fn assigned_count(&self) -> usize {
+        self.rep.iter().filter(|&&r| r != NONE).count()
+    }
+
     /// The number of profiles after [`resolve`](Self::resolve): identifiers that represent
     /// their profile.
     pub fn profile_count(&self) -> usize {
@@ -1013,6 +1019,23 @@ impl IdentityGraph {
         ]))
     }
 
+    /// The schema of [`shared_rows`](Self::shared_rows): that of
+    /// [`assignment_schema`](Self::assignment_schema) with `profile_id` and `profile_size`
+    /// nullable, null marking an identifier that no longer has a profile.
+    pub fn change_schema() -> SchemaRef {
+        let base = Self::assignment_schema();
+        let fields: Vec<Field> = base
+            .fields()
+            .iter()
+            .map(|f| {
+                let nullable =
+                    f.is_nullable() || matches!(f.name().as_str(), "profile_id" | "profile_size");
+                f.as_ref().clone().with_nullable(nullable)
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
     /// The assignment of every identifier, as batches of at most `batch_size` rows with the
     /// columns of [`assignment_schema`](Self::assignment_schema) selected by `projection`
     /// (indices into it; `None`: all). Call [`resolve`](Self::resolve) first; unresolved
@@ -1027,6 +1050,7 @@ impl IdentityGraph {
             next: 0,
             batch_size: batch_size.max(1),
             projection,
+            rows: None,
         }
     }
 
@@ -1042,6 +1066,7 @@ impl IdentityGraph {
             next: 0,
             batch_size: batch_size.max(1),
             projection,
+            rows: None,
         }
     }
 
@@ -1058,6 +1083,7 @@ impl IdentityGraph {
             next: 0,
             batch_size: batch_size.max(1),
             projection,
+            rows: None,
         }
     }
 
@@ -1078,6 +1104,93 @@ impl IdentityGraph {
                 new_profile_id: new,
             })
         })
+    }
+}
+
+/// The assignment of every identifier at one point in time, kept by a caller that stored
+/// the map then (a persisted graph's base table), so that a later resolution can list only
+/// the identifiers whose row differs: 8 bytes per identifier.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentSnapshot {
+    rep: Vec<u32>,
+    psize: Vec<u32>,
+}
+
+impl AssignmentSnapshot {
+    /// Identifiers covered.
+    pub fn len(&self) -> usize {
+        self.rep.len()
+    }
+
+    /// Whether it covers no identifier.
+    pub fn is_empty(&self) -> bool {
+        self.rep.is_empty()
+    }
+
+    /// Heap bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        (self.rep.capacity() + self.psize.capacity()) * 4
+    }
+}
+
+impl IdentityGraph {
+    /// Snapshot of the current assignment; call after [`resolve`](Self::resolve).
+    pub fn snapshot(&self) -> AssignmentSnapshot {
+        let psize = self
+            .rep
+            .iter()
+            .map(|&r| if r == NONE { 0 } else { self.psize[r as usize] })
+            .collect();
+        AssignmentSnapshot {
+            rep: self.rep.clone(),
+            psize,
+        }
+    }
+
+    /// The internal index of an identifier, if known: lets a caller name identifiers it
+    /// touched (the endpoints of new edges, whose `first_seen` may have moved).
+    pub fn identifier_index(&self, identifier_type: &str, value: &str) -> Option<u32> {
+        self.lookup(identifier_type, value)
+    }
+
+    /// Identifiers whose map row differs from `base`: new identifiers, identifiers whose
+    /// profile (representative) or profile size changed, identifiers that were dropped
+    /// (blocked since), plus `touched`, in index order. A profile id is a function of the
+    /// representative alone, so comparing representatives is exact.
+    pub fn changed_identifiers(&self, base: &AssignmentSnapshot, touched: &[u32]) -> Vec<u32> {
+        let n = self.rep.len();
+        let mut out: Vec<u32> = (0..n)
+            .filter(|&x| {
+                let r = self.rep[x];
+                match base.rep.get(x) {
+                    None => r != NONE,
+                    Some(&b) => b != r || (r != NONE && base.psize[x] != self.psize[r as usize]),
+                }
+            })
+            .map(|x| x as u32)
+            .collect();
+        out.extend(touched.iter().copied().filter(|&x| (x as usize) < n));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Map rows of the given identifiers (indices from
+    /// [`changed_identifiers`](Self::changed_identifiers)) with the columns of
+    /// [`assignment_schema`](Self::assignment_schema), except that an identifier without a
+    /// profile (blocked) comes out as a tombstone: null `profile_id` and `profile_size`.
+    pub fn shared_rows(
+        graph: Arc<Self>,
+        rows: Vec<u32>,
+        batch_size: usize,
+    ) -> Assignments<'static> {
+        Assignments {
+            graph: AssignmentSource::Shared(graph),
+            next: 0,
+            batch_size: batch_size.max(1),
+            projection: None,
+            rows: Some(rows),
+        }
     }
 }
 
@@ -1114,6 +1227,8 @@ pub struct Assignments<'a> {
     next: usize,
     batch_size: usize,
     projection: Option<Vec<usize>>,
+    /// Only these identifiers, with tombstones for those without a profile.
+    rows: Option<Vec<u32>>,
 }
 
 impl Iterator for Assignments<'_> {
@@ -1125,22 +1240,30 @@ impl Iterator for Assignments<'_> {
             AssignmentSource::Owned(g) => g,
             AssignmentSource::Shared(g) => g,
         };
-        let n = g.rep.len();
+        let tombstones = self.rows.is_some();
+        let n = self.rows.as_ref().map_or(g.rep.len(), Vec::len);
         if self.next >= n {
             return None;
         }
         let end = (self.next + self.batch_size).min(n);
         let range = self.next..end;
         self.next = end;
-        let schema = IdentityGraph::assignment_schema();
+        let schema = if tombstones {
+            IdentityGraph::change_schema()
+        } else {
+            IdentityGraph::assignment_schema()
+        };
         let wanted: Vec<usize> = self
             .projection
             .clone()
             .unwrap_or_else(|| (0..schema.fields().len()).collect());
-        let rows: Vec<u32> = range
-            .map(|x| x as u32)
-            .filter(|&x| g.rep[x as usize] != NONE)
-            .collect();
+        let rows: Vec<u32> = match &self.rows {
+            Some(list) => list[range].to_vec(),
+            None => range
+                .map(|x| x as u32)
+                .filter(|&x| g.rep[x as usize] != NONE)
+                .collect(),
+        };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
         for &c in &wanted {
             let col: ArrayRef = match c {
@@ -1164,6 +1287,10 @@ impl Iterator for Assignments<'_> {
                     let mut last = (NONE, 0u128);
                     for &x in &rows {
                         let r = g.rep[x as usize];
+                        if r == NONE {
+                            b.append_null();
+                            continue;
+                        }
                         if r != last.0 {
                             last = (r, g.profile_hash(r));
                         }
@@ -1176,7 +1303,10 @@ impl Iterator for Assignments<'_> {
                 3 => {
                     let mut b = Int64Builder::with_capacity(rows.len());
                     for &x in &rows {
-                        b.append_value(g.psize[g.rep[x as usize] as usize] as i64);
+                        match g.rep[x as usize] {
+                            NONE => b.append_null(),
+                            r => b.append_value(g.psize[r as usize] as i64),
+                        }
                     }
                     Arc::new(b.finish())
                 }

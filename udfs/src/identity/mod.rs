@@ -36,7 +36,9 @@ use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
 
-pub use graph::{Assignments, GraphError, IdentityGraph, ProfileChange, ResolveStats};
+pub use graph::{
+    AssignmentSnapshot, Assignments, GraphError, IdentityGraph, ProfileChange, ResolveStats,
+};
 pub use options::{OptionsError, StitchOptions};
 pub use table::IdentityStitch;
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -535,4 +535,52 @@ fn memory_per_identifier_is_bounded() {
     let per_id = (g.memory_bytes() - string_bytes) as f64 / ids as f64;
     // Capacity doubling can leave vectors up to half empty; the steady state is ~70.
     assert!(per_id < 140.0, "{per_id} bytes per identifier");
+}
+
+/// Base map plus the change rows (tombstones removing) equals the full map: what a
+/// persisted graph's merge-on-read view shows after an incremental refresh.
+#[test]
+fn changed_identifiers_patch_the_base_map_into_the_new_one() {
+    let opts = limited_options();
+    let mut rng = StdRng::seed_from_u64(41);
+    for round in 0..150 {
+        let n_edges = rng.random_range(2..150);
+        let edges = random_edges(&mut rng, n_edges, 30);
+        let cut = rng.random_range(1..edges.len());
+        let mut g = IdentityGraph::new(opts.clone());
+        g.add_edges(&batch(&edges[..cut])).unwrap();
+        g.resolve();
+        let mut patched = read(&g);
+        let base = g.snapshot();
+        g.add_edges(&batch(&edges[cut..])).unwrap();
+        g.resolve();
+        let changed = g.changed_identifiers(&base, &[]);
+        let g = Arc::new(g);
+        for b in IdentityGraph::shared_rows(g.clone(), changed, 5) {
+            let b = b.unwrap();
+            let s = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (t, v, p) = (s(0), s(1), s(2));
+            let n = b
+                .column(3)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .unwrap()
+                .clone();
+            for i in 0..b.num_rows() {
+                let key = (t.value(i).to_string(), v.value(i).to_string());
+                if p.is_null(i) {
+                    patched.remove(&key);
+                } else {
+                    patched.insert(key, (p.value(i).to_string(), n.value(i) as u64));
+                }
+            }
+        }
+        assert_eq!(patched, read(&g), "round {round}");
+    }
 }
