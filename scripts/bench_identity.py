@@ -220,10 +220,13 @@ def run_incremental(cur, options: str | None) -> dict:
     FULL over everything (timed, for reference)."""
     cur.execute("DROP IDENTITY GRAPH IF EXISTS g")
     cur.execute("DROP TABLE IF EXISTS graph_edges")
-    cutoff = cur.execute("SELECT event_ts FROM edges ORDER BY event_ts DESC LIMIT 1 OFFSET "
-                         f"{INCREMENTAL_EDGES - 1}").fetchone()[0]
+    cutoff = cur.execute("SELECT CAST(event_ts AS text) AS cutoff FROM edges ORDER BY event_ts DESC "
+                         f"LIMIT 1 OFFSET {INCREMENTAL_EDGES - 1}").fetchone()[0]
+    # A literal, not a parameter: like PostgreSQL, tally takes no parameters in utility
+    # statements such as CREATE TABLE AS.
+    cutoff = "TIMESTAMP '" + cutoff.replace("'", "''") + "'"
     cur.execute("CREATE TABLE graph_edges AS SELECT left_type, left_value, right_type, right_value, "
-                "event_ts, CAST(1 AS bigint) AS batch FROM edges WHERE event_ts < %s OR event_ts IS NULL", (cutoff,))
+                f"event_ts, CAST(1 AS bigint) AS batch FROM edges WHERE event_ts < {cutoff} OR event_ts IS NULL")
     with_opts = "incremental_column = 'batch'"
     if options is not None:
         with_opts += ", options = '" + options.replace("'", "''") + "'"
@@ -232,7 +235,7 @@ def run_incremental(cur, options: str | None) -> dict:
     cur.execute(f"CREATE IDENTITY GRAPH g FROM graph_edges WITH ({with_opts})")
     t_create = time.perf_counter() - t0
     cur.execute("INSERT INTO graph_edges SELECT left_type, left_value, right_type, right_value, "
-                "event_ts, CAST(2 AS bigint) FROM edges WHERE event_ts >= %s", (cutoff,))
+                f"event_ts, CAST(2 AS bigint) FROM edges WHERE event_ts >= {cutoff}")
     added = cur.rowcount
     log(f"tally: REFRESH IDENTITY GRAPH folding in {added:,} new edges ...")
     t0 = time.perf_counter()
