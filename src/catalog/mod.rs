@@ -52,6 +52,25 @@ pub struct CatalogDoc {
     /// Identity graphs created with `CREATE IDENTITY GRAPH`, by `schema.name`.
     #[serde(default)]
     pub identity_graphs: BTreeMap<String, IdentityGraphEntry>,
+    /// Activation destinations created with `CREATE DESTINATION`, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationEntry>,
+}
+
+/// An activation destination: its type and options. Secret options are stored as given
+/// (use `<option>_env` to keep a secret out of the warehouse) and shown as `***`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationEntry {
+    /// Destination type (`webhook`, `hubspot`, `postgres`, `redis`, `nats`).
+    pub destination_type: String,
+    /// Options by (lower-case) name.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// When the destination was created (RFC 3339).
+    pub created_at: String,
+    /// When its options last changed (RFC 3339).
+    #[serde(default)]
+    pub altered_at: Option<String>,
 }
 
 /// A persisted identity graph: how to read its edges, its options, and where its last

@@ -302,6 +302,7 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
         TallyStatement::IdentityGraph(stmt) => {
             crate::identity::statements::execute(session, stmt).await
         }
+        TallyStatement::Activate(stmt) => crate::activate::statements::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }
