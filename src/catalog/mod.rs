@@ -61,7 +61,8 @@ pub struct CatalogDoc {
 /// (use `<option>_env` to keep a secret out of the warehouse) and shown as `***`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DestinationEntry {
-    /// Destination type (`webhook`, `hubspot`, `postgres`, `redis`, `nats`).
+    /// Destination type (`webhook`, `hubspot`, `braze`, `mixpanel`, `amplitude`, `postgres`,
+    /// `redis`, `nats`).
     pub destination_type: String,
     /// Options by (lower-case) name.
     #[serde(default)]

@@ -177,6 +177,10 @@ enum Contract {
     HubSpot { token: String },
     /// Braze's `POST /users/track`.
     Braze { key: String },
+    /// Mixpanel's `POST /engage?verbose=1` (profile updates).
+    Mixpanel { token: String },
+    /// Amplitude's `POST /batch`.
+    Amplitude { key: String },
 }
 
 #[derive(Debug, Default)]
@@ -292,6 +296,82 @@ fn check(
             }
             Ok((None, attrs.clone()))
         }
+        Contract::Mixpanel { token } => {
+            if parts.method != hyper::Method::POST
+                || parts.uri.path() != "/engage"
+                || parts.uri.query() != Some("verbose=1")
+            {
+                return Err((404, json!({"error": "not found"})));
+            }
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|_| (400, json!({"status": 0, "error": "malformed JSON"})))?;
+            let Some(updates) = v.as_array() else {
+                return Err((400, json!({"status": 0, "error": "expected an array"})));
+            };
+            if updates.len() > 2000 {
+                return Err((400, json!({"status": 0, "error": "at most 2000 updates"})));
+            }
+            for u in updates {
+                if u.get("$token").and_then(Value::as_str) != Some(token.as_str()) {
+                    return Err((401, json!({"status": 0, "error": "Invalid token"})));
+                }
+                let ok = u
+                    .get("$distinct_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.is_empty())
+                    && u.get("$set")
+                        .and_then(Value::as_object)
+                        .is_some_and(|s| s.get("plan").and_then(Value::as_str) != Some("???"));
+                if !ok {
+                    // Mixpanel refuses the whole batch with status 0 in a 200 answer.
+                    return Err((
+                        200,
+                        json!({"status": 0, "error": format!("invalid update {u}")}),
+                    ));
+                }
+            }
+            Ok((None, updates.clone()))
+        }
+        Contract::Amplitude { key } => {
+            if parts.method != hyper::Method::POST || parts.uri.path() != "/batch" {
+                return Err((404, json!({"error": "not found"})));
+            }
+            let v: Value = serde_json::from_slice(body).map_err(|_| {
+                (
+                    400,
+                    json!({"code": 400, "error": "Invalid JSON request body"}),
+                )
+            })?;
+            if v.get("api_key").and_then(Value::as_str) != Some(key.as_str()) {
+                return Err((400, json!({"code": 400, "error": "Invalid API key: wrong"})));
+            }
+            let Some(events) = v.get("events").and_then(Value::as_array) else {
+                return Err((400, json!({"code": 400, "error": "events missing"})));
+            };
+            if events.len() > 2000 {
+                return Err((413, json!({"code": 413, "error": "Payload too large"})));
+            }
+            let bad: Vec<usize> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.get("event_type").and_then(Value::as_str) != Some("$identify")
+                        || e.get("user_id")
+                            .and_then(Value::as_str)
+                            .is_none_or(|u| u.len() < 5)
+                        || e.get("insert_id").and_then(Value::as_str).is_none()
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !bad.is_empty() {
+                return Err((
+                    400,
+                    json!({"code": 400, "error": "Request missing required field",
+                           "events_with_invalid_fields": {"user_id": bad}}),
+                ));
+            }
+            Ok((None, events.clone()))
+        }
         Contract::HubSpot { token } => {
             if parts.method != hyper::Method::POST
                 || parts.uri.path() != "/crm/v3/objects/contacts/batch/upsert"
@@ -344,6 +424,16 @@ fn check(
             }
             Ok((None, inputs.clone()))
         }
+    }
+}
+
+/// The body of a successful answer, as each API sends it.
+fn success_body(contract: &Contract) -> Value {
+    match contract {
+        Contract::Mixpanel { .. } => json!({"status": 1, "error": null}),
+        Contract::Amplitude { .. } => json!({"code": 200, "events_ingested": 1}),
+        Contract::Braze { .. } => json!({"message": "success"}),
+        _ => json!({"status": "COMPLETE", "results": []}),
     }
 }
 
@@ -407,9 +497,9 @@ async fn handle(
                 Some(Fault::Drop) => Err(std::io::Error::other("connection dropped on purpose")),
                 Some(Fault::Slow(d)) => {
                     tokio::time::sleep(d).await;
-                    Ok(answer(200, json!({"status": "COMPLETE"})))
+                    Ok(answer(200, success_body(&contract)))
                 }
-                _ => Ok(answer(200, json!({"status": "COMPLETE", "results": []}))),
+                _ => Ok(answer(200, success_body(&contract))),
             }
         }
     }
@@ -933,4 +1023,84 @@ async fn braze_users_track_isolates_objects_with_errors() {
         .await
         .expect_err("over the documented limit");
     assert_eq!(code(&err), "22023");
+}
+
+#[tokio::test]
+async fn mixpanel_and_amplitude_take_profiles_and_isolate_bad_ones() {
+    let server = TestServer::start().await;
+    let c = server.client().await;
+    let (mp, mp_state) = start_mock(
+        Contract::Mixpanel {
+            token: "mp-project-token".into(),
+        },
+        [(1, Fault::Throttle(Some(1)))].into_iter().collect(),
+    )
+    .await;
+    let (amp, amp_state) = start_mock(
+        Contract::Amplitude {
+            key: "amp-key".into(),
+        },
+        [(2, Fault::ServerError)].into_iter().collect(),
+    )
+    .await;
+    c.batch_execute(&format!(
+        "CREATE DESTINATION product TYPE mixpanel WITH (token = 'mp-project-token', base_url = 'http://{mp}'); \
+         CREATE DESTINATION analytics TYPE amplitude WITH (api_key = 'amp-key', base_url = 'http://{amp}')"
+    ))
+    .await
+    .expect("create");
+    let query = "SELECT 'user-' || CAST(value AS text) AS user_id, \
+                 CASE WHEN value = 33 THEN '???' ELSE 'pro' END AS plan FROM generate_series(1, 60) ORDER BY value";
+    let out = rows(
+        &c,
+        &format!("COPY ({query}) TO DESTINATION product WITH (key = 'user_id', batch_size = 25)"),
+    )
+    .await;
+    assert_eq!(num(&out[0], "delivered"), 59, "{out:?}");
+    assert_eq!(num(&out[0], "rejected"), 1, "{out:?}");
+    let applied = mp_state.lock().applied.clone();
+    assert_eq!(applied.len(), 59);
+    assert!(applied.iter().all(|u| u["$set"].get("user_id").is_none()));
+
+    // Amplitude: user ids shorter than 5 characters are invalid.
+    let query = "SELECT CASE WHEN value = 7 THEN 'u7' ELSE 'user-' || CAST(value AS text) END AS user_id, \
+                 'pro' AS plan FROM generate_series(1, 60) ORDER BY value";
+    let out = rows(
+        &c,
+        &format!("COPY ({query}) TO DESTINATION analytics WITH (key = 'user_id')"),
+    )
+    .await;
+    assert_eq!(num(&out[0], "delivered"), 59, "{out:?}");
+    assert_eq!(num(&out[0], "rejected"), 1, "{out:?}");
+    assert!(num(&out[0], "retried") > 0, "{out:?}");
+    let events = amp_state.lock().applied.clone();
+    let ids: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e["insert_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 59, "insert ids are unique per row");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user_properties"]["$set"]["plan"] == "pro")
+    );
+    let rejected = rows(
+        &c,
+        "SELECT destination, row_key FROM tally.rejected_rows ORDER BY destination",
+    )
+    .await;
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(rejected[0]["row_key"], "u7");
+    assert_eq!(rejected[1]["row_key"], "user-33");
+
+    c.batch_execute("ALTER DESTINATION analytics SET (api_key = 'wrong')")
+        .await
+        .expect("alter");
+    let err = c
+        .simple_query(&format!(
+            "COPY ({query}) TO DESTINATION analytics WITH (key = 'user_id')"
+        ))
+        .await
+        .expect_err("bad key");
+    assert_eq!(code(&err), "28000");
 }

@@ -80,7 +80,7 @@ impl Destination for Amplitude {
                 json!({
                     "event_type": "$identify",
                     "user_id": r.key.clone().unwrap_or_default(),
-                    "user_properties": { op: props },
+                    "user_properties": Value::Object(Map::from_iter([(op.to_string(), Value::Object(props))])),
                     "insert_id": &insert_id[..32],
                 })
             })

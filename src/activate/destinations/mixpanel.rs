@@ -11,7 +11,7 @@
 //! (`https://api.mixpanel.com`; `https://api-eu.mixpanel.com` for EU residency).
 
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Batch, Destination, Mode, Options, SendError, http_outcome, truncate};
 use crate::error::{Result, TallyError};
@@ -69,19 +69,17 @@ impl Destination for Mixpanel {
                     .filter(|(k, _)| k.as_str() != key)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                json!({
-                    "$token": self.token,
-                    "$distinct_id": r.key.clone().unwrap_or_default(),
-                    op: props,
-                })
+                let mut update = Map::new();
+                update.insert("$token".into(), Value::from(self.token.as_str()));
+                update.insert(
+                    "$distinct_id".into(),
+                    Value::from(r.key.clone().unwrap_or_default()),
+                );
+                update.insert(op.into(), Value::Object(props));
+                Value::Object(update)
             })
             .collect();
-        let resp = self
-            .client
-            .post(&self.endpoint)
-            .json(&updates)
-            .send()
-            .await;
+        let resp = self.client.post(&self.endpoint).json(&updates).send().await;
         let text = http_outcome(&self.name, resp).await?;
         match serde_json::from_str::<Value>(&text) {
             Ok(v) if v.get("status").and_then(Value::as_i64) == Some(1) => Ok(()),

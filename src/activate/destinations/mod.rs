@@ -7,8 +7,10 @@
 //! never reaches the warehouse. Secrets are shown as `***` in `tally.destinations` and never
 //! appear in logs or error messages.
 
+pub mod amplitude;
 pub mod braze;
 pub mod hubspot;
+pub mod mixpanel;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
@@ -124,6 +126,30 @@ pub const TYPES: &[TypeSpec] = &[
         max_batch: 75,
         default_batch: 75,
         default_rate: Some(1000.0),
+    },
+    TypeSpec {
+        name: "mixpanel",
+        required: &["token"],
+        optional: &["base_url"],
+        // $set_once for insert, $set for upsert.
+        modes: &[Mode::Insert, Mode::Upsert],
+        key_required: true,
+        // Engage API: at most 2,000 profile updates per request.
+        max_batch: 2_000,
+        default_batch: 500,
+        default_rate: None,
+    },
+    TypeSpec {
+        name: "amplitude",
+        required: &["api_key"],
+        optional: &["base_url"],
+        // $setOnce for insert, $set for upsert.
+        modes: &[Mode::Insert, Mode::Upsert],
+        key_required: true,
+        // Batch Event Upload API: at most 2,000 events per request.
+        max_batch: 2_000,
+        default_batch: 1_000,
+        default_rate: None,
     },
     TypeSpec {
         name: "postgres",
@@ -493,6 +519,8 @@ pub async fn build(name: &str, entry: &DestinationEntry) -> Result<Box<dyn Desti
         "webhook" => Box::new(webhook::Webhook::new(&opts)?),
         "hubspot" => Box::new(hubspot::HubSpot::new(&opts)?),
         "braze" => Box::new(braze::Braze::new(&opts)?),
+        "mixpanel" => Box::new(mixpanel::Mixpanel::new(&opts)?),
+        "amplitude" => Box::new(amplitude::Amplitude::new(&opts)?),
         "postgres" => Box::new(postgres::Postgres::new(&opts)?),
         "redis" => Box::new(redis::Redis::new(&opts)?),
         "nats" => Box::new(nats::Nats::new(&opts)?),
