@@ -31,6 +31,7 @@ pub mod limiter;
 pub mod rejected;
 pub mod rows;
 pub mod statements;
+pub mod syncs;
 pub mod system;
 
 use std::collections::HashMap;

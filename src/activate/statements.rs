@@ -617,6 +617,30 @@ async fn copy_to_destination(
     name: &str,
     options: &BTreeMap<String, String>,
 ) -> Result<Output> {
+    let (copy_id, stats) = run_copy(session, query_text, name, options, None).await?;
+    result_output(name, &copy_id, &stats)
+}
+
+/// Decides, row by row, what a COPY sends: a sync sends only rows that changed since its
+/// last run, and learns which rows the destination refused.
+pub trait RowFilter: Send {
+    /// Whether to send `record` (already mapped).
+    fn wants(&mut self, record: &Record) -> bool;
+    /// The destination refused the row with this key for good.
+    fn failed(&mut self, key: &str);
+    /// Mode checks before anything is sent.
+    fn check_mode(&self, mode: Mode) -> Result<()>;
+}
+
+/// Runs a COPY to destination `name`, sending the rows `filter` wants (all without one).
+/// Returns the copy id and what was delivered.
+pub async fn run_copy(
+    session: &mut Session,
+    query_text: &str,
+    name: &str,
+    options: &BTreeMap<String, String>,
+    mut filter: Option<&mut dyn RowFilter>,
+) -> Result<(String, DeliveryStats)> {
     let entry = session
         .catalog
         .doc()
@@ -629,6 +653,9 @@ async fn copy_to_destination(
         })?;
     let spec = destinations::spec(&entry.destination_type)?;
     let opts = copy_options(spec, &entry.options, options)?;
+    if let Some(f) = filter.as_ref() {
+        f.check_mode(opts.mode)?;
+    }
 
     let stmt = Parser::parse_sql(&PostgreSqlDialect {}, query_text)
         .map_err(|e| syntax(format!("in the COPY query: {e}")))?
@@ -684,6 +711,11 @@ async fn copy_to_destination(
                     deliverer.reject_locally(&r, "the key column is null");
                     continue;
                 }
+                if let Some(f) = filter.as_mut()
+                    && !f.wants(&r)
+                {
+                    continue;
+                }
                 pending.push(r);
                 if pending.len() >= opts.batch_size {
                     deliverer.deliver(&pending).await?;
@@ -691,6 +723,13 @@ async fn copy_to_destination(
                 }
             }
             if deliverer.rejected.len() >= REJECTED_FLUSH {
+                if let Some(f) = filter.as_mut() {
+                    for r in &deliverer.rejected {
+                        if let Some(k) = &r.key {
+                            f.failed(k);
+                        }
+                    }
+                }
                 rejected::append(&warehouse, &deliverer.rejected).await?;
                 deliverer.rejected.clear();
             }
@@ -707,6 +746,13 @@ async fn copy_to_destination(
         Ok(())
     }
     .await;
+    if let Some(f) = filter.as_mut() {
+        for r in &deliverer.rejected {
+            if let Some(k) = &r.key {
+                f.failed(k);
+            }
+        }
+    }
     // Refused rows are kept even when the COPY stops early.
     let kept = rejected::append(&warehouse, &deliverer.rejected).await;
     let stats = deliverer.stats.clone();
@@ -721,7 +767,7 @@ async fn copy_to_destination(
     );
     outcome?;
     kept?;
-    result_output(name, &copy_id, &stats)
+    Ok((copy_id, stats))
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ const TABLES: &[&str] = &[
     "identity_graphs",
     "destinations",
     "rejected_rows",
+    "syncs",
 ];
 
 #[async_trait]
@@ -179,6 +180,7 @@ impl SchemaProvider for TallySchema {
             "destinations" => {
                 crate::activate::system::destinations_table(&self.catalog.current()).map(Some)
             }
+            "syncs" => crate::activate::syncs::syncs_table(&self.catalog.current()).map(Some),
             "rejected_rows" => crate::activate::rejected::table(self.catalog.warehouse())
                 .await
                 .map(Some),

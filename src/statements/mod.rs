@@ -303,6 +303,7 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
             crate::identity::statements::execute(session, stmt).await
         }
         TallyStatement::Activate(stmt) => crate::activate::statements::execute(session, stmt).await,
+        TallyStatement::Sync(stmt) => crate::activate::syncs::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

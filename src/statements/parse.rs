@@ -48,6 +48,8 @@ pub enum TallyStatement {
     IdentityGraph(crate::identity::statements::GraphStatement),
     /// `CREATE | ALTER | DROP DESTINATION` and `COPY ... TO DESTINATION`.
     Activate(crate::activate::statements::ActivateStatement),
+    /// `CREATE SYNC ... AS COPY ...`, `RUN SYNC`, `DROP SYNC`.
+    Sync(crate::activate::syncs::SyncStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -147,6 +149,9 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
         || (w(0) == "COPY" && crate::activate::statements::is_copy_to_destination(text))
     {
         return crate::activate::statements::parse(text).map(TallyStatement::Activate);
+    }
+    if w(1) == "SYNC" && matches!(w(0), "CREATE" | "RUN" | "DROP") {
+        return crate::activate::syncs::parse(text).map(TallyStatement::Sync);
     }
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return parse_user(text);

@@ -1104,3 +1104,65 @@ async fn mixpanel_and_amplitude_take_profiles_and_isolate_bad_ones() {
         .expect_err("bad key");
     assert_eq!(code(&err), "28000");
 }
+
+#[tokio::test]
+async fn a_sync_sends_only_changes_on_its_second_run() {
+    let server = TestServer::start().await;
+    let c = server.client().await;
+    let (addr, state) = start_mock(
+        Contract::Webhook {
+            token: "t".into(),
+            secret: "s".into(),
+            max_rows: 100,
+        },
+        HashMap::new(),
+    )
+    .await;
+    c.batch_execute(&format!(
+        "CREATE DESTINATION hooks TYPE webhook WITH (url = 'http://{addr}/hook', \
+         headers = '{{\"Authorization\": \"Bearer t\"}}', hmac_secret = 's'); \
+         CREATE TABLE users (id bigint, email text); \
+         INSERT INTO users VALUES (1, 'a@x.io'), (2, 'b@x.io'), (3, 'c@x.io'), (4, 'bad')"
+    ))
+    .await
+    .expect("setup");
+    c.batch_execute(
+        "CREATE SYNC users_out AS COPY (SELECT id, email FROM users) TO DESTINATION hooks \
+         WITH (mode = 'upsert', key = 'id')",
+    )
+    .await
+    .expect("create sync");
+    let first = rows(&c, "RUN SYNC users_out").await;
+    assert_eq!(num(&first[0], "added"), 4, "{first:?}");
+    assert_eq!(num(&first[0], "delivered"), 3, "{first:?}");
+    assert_eq!(num(&first[0], "rejected"), 1, "{first:?}");
+    c.batch_execute(
+        "UPDATE users SET email = 'b2@x.io' WHERE id = 2; INSERT INTO users VALUES (5, 'e@x.io')",
+    )
+    .await
+    .expect("change");
+    let second = rows(&c, "RUN SYNC users_out").await;
+    assert_eq!(num(&second[0], "unchanged"), 2, "{second:?}");
+    assert_eq!(num(&second[0], "changed"), 1, "{second:?}");
+    // The refused row is sent again (and refused again), plus the new one.
+    assert_eq!(num(&second[0], "added"), 2, "{second:?}");
+    assert_eq!(num(&second[0], "delivered"), 2, "{second:?}");
+    let applied = state.lock().applied.clone();
+    let ids: Vec<i64> = applied.iter().filter_map(|r| r["id"].as_i64()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    let syncs = rows(
+        &c,
+        "SELECT name, runs, last_status, last_unchanged FROM tally.syncs",
+    )
+    .await;
+    assert_eq!(syncs[0]["runs"], "2");
+    assert_eq!(syncs[0]["last_status"], "succeeded");
+    let err = c.batch_execute("RUN SYNC nope").await.expect_err("unknown");
+    assert_eq!(code(&err), "42704");
+    c.batch_execute("DROP SYNC users_out").await.expect("drop");
+    let err = c
+        .batch_execute("CREATE SYNC s2 AS COPY (SELECT id FROM users) TO DESTINATION hooks")
+        .await
+        .expect_err("a sync needs a key");
+    assert_eq!(code(&err), "22023");
+}
