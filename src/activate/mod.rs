@@ -30,6 +30,7 @@ pub mod destinations;
 pub mod limiter;
 pub mod rejected;
 pub mod rows;
+pub mod runs;
 pub mod statements;
 pub mod syncs;
 pub mod system;

@@ -6,6 +6,7 @@
 //!   COPY (SELECT email, plan FROM trial_users) TO DESTINATION crm WITH (mode = 'upsert', key = 'email');
 //! RUN SYNC trials_to_crm;      -- first run: every row; later runs: added and changed rows
 //! SELECT * FROM tally.syncs;
+//! SELECT * FROM tally.sync_runs ORDER BY started_at DESC;
 //! DROP SYNC trials_to_crm;
 //! ```
 //!
@@ -20,7 +21,7 @@
 //! The query's names resolve with the search path of the session that runs it (the default
 //! schema at creation is stored for when the scheduler runs syncs without a session).
 //!
-//! Not yet: schedules and the scheduler, `tally.sync_runs` history, mirror syncs (removing rows that left the query at
+//! Not yet: schedules and the scheduler, mirror syncs (removing rows that left the query at
 //! the destination), and the diff as a DataFusion anti-join (the snapshot is read into
 //! memory, about 100 bytes per key).
 
@@ -294,6 +295,7 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         changed: 0,
         unchanged: 0,
     };
+    let started_at = Utc::now().timestamp_micros();
     let result = run_copy(session, &query, &destination, &options, Some(&mut diff)).await;
     let now = Utc::now().to_rfc3339();
     let outcome = match result {
@@ -308,6 +310,25 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         Err(e) => ("failed", Some(e.to_string()), 0, 0),
     };
     let unchanged = diff.unchanged;
+    let run = super::runs::SyncRun {
+        sync: name.clone(),
+        run_id: outcome
+            .as_ref()
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default(),
+        started_at,
+        finished_at: Utc::now().timestamp_micros(),
+        status: status.to_string(),
+        rows_added: diff.added,
+        rows_changed: diff.changed,
+        rows_unchanged: unchanged,
+        rows_delivered: sent,
+        rows_failed: failed,
+        error: error.clone(),
+    };
+    if let Err(e) = super::runs::append(session.engine.warehouse(), &run).await {
+        tracing::warn!(sync = name, error = %e, "could not record the sync run in tally.sync_runs");
+    }
     change_catalog(session, |doc| {
         if let Some(e) = doc.syncs.get_mut(&name) {
             e.runs += 1;

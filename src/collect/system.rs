@@ -160,6 +160,7 @@ const TABLES: &[&str] = &[
     "destinations",
     "rejected_rows",
     "syncs",
+    "sync_runs",
 ];
 
 #[async_trait]
@@ -181,6 +182,9 @@ impl SchemaProvider for TallySchema {
                 crate::activate::system::destinations_table(&self.catalog.current()).map(Some)
             }
             "syncs" => crate::activate::syncs::syncs_table(&self.catalog.current()).map(Some),
+            "sync_runs" => crate::activate::runs::table(self.catalog.warehouse())
+                .await
+                .map(Some),
             "rejected_rows" => crate::activate::rejected::table(self.catalog.warehouse())
                 .await
                 .map(Some),

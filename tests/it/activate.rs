@@ -1157,6 +1157,17 @@ async fn a_sync_sends_only_changes_on_its_second_run() {
     .await;
     assert_eq!(syncs[0]["runs"], "2");
     assert_eq!(syncs[0]["last_status"], "succeeded");
+    let runs = rows(
+        &c,
+        "SELECT status, rows_added, rows_changed, rows_unchanged, rows_delivered, rows_failed \
+         FROM tally.sync_runs WHERE sync = 'users_out' ORDER BY started_at",
+    )
+    .await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1]["status"], "succeeded");
+    assert_eq!(runs[1]["rows_changed"], "1");
+    assert_eq!(runs[1]["rows_unchanged"], "2");
+    assert_eq!(runs[0]["rows_failed"], "1");
     let err = c.batch_execute("RUN SYNC nope").await.expect_err("unknown");
     assert_eq!(code(&err), "42704");
     c.batch_execute("DROP SYNC users_out").await.expect("drop");
