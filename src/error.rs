@@ -74,6 +74,15 @@ pub enum TallyError {
     /// Failure of the object store.
     #[error("object store error: {0}")]
     ObjectStore(#[from] object_store::Error),
+    /// A destination outside tally failed a COPY TO DESTINATION for good (credentials,
+    /// endpoint, retries exhausted); the code says which (28000, 08001, 08006, ...).
+    #[error("{message}")]
+    Destination {
+        /// The SQLSTATE that fits best.
+        code: &'static str,
+        /// What happened, without secrets.
+        message: String,
+    },
     /// Anything else that should never happen (XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -102,7 +111,7 @@ impl TallyError {
             TallyError::NotFound { kind, .. } => match *kind {
                 "schema" => "3F000",
                 "column" => "42703",
-                "user" | "role" | "source" | "identity graph" => "42704",
+                "user" | "role" | "source" | "identity graph" | "destination" | "sync" => "42704",
                 "function" => "42883",
                 "prepared statement" => "26000",
                 "cursor" => "34000",
@@ -111,7 +120,7 @@ impl TallyError {
             },
             TallyError::AlreadyExists { kind, .. } => match *kind {
                 "schema" => "42P06",
-                "user" | "role" | "source" | "identity graph" => "42710",
+                "user" | "role" | "source" | "identity graph" | "destination" | "sync" => "42710",
                 "prepared statement" => "42P05",
                 "cursor" => "42P03",
                 _ => "42P07",
@@ -127,6 +136,7 @@ impl TallyError {
             TallyError::DataFusion(e) => datafusion_sqlstate(e),
             TallyError::Delta(e) => delta_sqlstate(e),
             TallyError::ObjectStore(_) => "58030",
+            TallyError::Destination { code, .. } => code,
             TallyError::Internal(_) => "XX000",
         }
     }

@@ -11,7 +11,9 @@
 //! - [`server`]: runs the listeners of `tally serve` and their graceful shutdown.
 //! - [`collect`]: the Segment/RudderStack-compatible tracking API, its write-ahead log and flusher.
 //! - [`identity`]: persisted identity graphs (`CREATE/REFRESH IDENTITY GRAPH`) over `identity_stitch`.
+//! - [`activate`]: destinations (`CREATE DESTINATION`), `COPY ... TO DESTINATION` and the delivery engine.
 
+pub mod activate;
 pub mod catalog;
 pub mod collect;
 pub mod config;

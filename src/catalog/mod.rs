@@ -52,6 +52,62 @@ pub struct CatalogDoc {
     /// Identity graphs created with `CREATE IDENTITY GRAPH`, by `schema.name`.
     #[serde(default)]
     pub identity_graphs: BTreeMap<String, IdentityGraphEntry>,
+    /// Activation destinations created with `CREATE DESTINATION`, by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationEntry>,
+    /// Syncs created with `CREATE SYNC`, by name.
+    #[serde(default)]
+    pub syncs: BTreeMap<String, SyncEntry>,
+}
+
+/// A sync: a `COPY ... TO DESTINATION` that sends only the rows changed since its last
+/// successful run (its snapshot lives under `_tally/activation/syncs/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncEntry {
+    /// The `COPY (...) TO DESTINATION ... WITH (...)` statement it runs.
+    pub copy_sql: String,
+    /// Default schema when the sync was created.
+    pub default_schema: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Runs so far.
+    #[serde(default)]
+    pub runs: u64,
+    /// RFC 3339 time of the last run.
+    #[serde(default)]
+    pub last_run_at: Option<String>,
+    /// `succeeded` or `failed`.
+    #[serde(default)]
+    pub last_status: Option<String>,
+    /// The last run's error.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Rows the last run delivered.
+    #[serde(default)]
+    pub last_sent: u64,
+    /// Rows the last run found unchanged (not sent).
+    #[serde(default)]
+    pub last_unchanged: u64,
+    /// Rows the last run's destination refused (sent again next run).
+    #[serde(default)]
+    pub last_failed: u64,
+}
+
+/// An activation destination: its type and options. Secret options are stored as given
+/// (use `<option>_env` to keep a secret out of the warehouse) and shown as `***`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationEntry {
+    /// Destination type (`webhook`, `hubspot`, `braze`, `mixpanel`, `amplitude`, `postgres`,
+    /// `redis`, `nats`).
+    pub destination_type: String,
+    /// Options by (lower-case) name.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// When the destination was created (RFC 3339).
+    pub created_at: String,
+    /// When its options last changed (RFC 3339).
+    #[serde(default)]
+    pub altered_at: Option<String>,
 }
 
 /// A persisted identity graph: how to read its edges, its options, and where its last

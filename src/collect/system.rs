@@ -153,7 +153,15 @@ fn mem(schema: SchemaRef, columns: Vec<ArrayRef>) -> DFResult<Arc<dyn TableProvi
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
-const TABLES: &[&str] = &["sources", "source_stats", "identity_graphs"];
+const TABLES: &[&str] = &[
+    "sources",
+    "source_stats",
+    "identity_graphs",
+    "destinations",
+    "rejected_rows",
+    "syncs",
+    "sync_runs",
+];
 
 #[async_trait]
 impl SchemaProvider for TallySchema {
@@ -170,6 +178,16 @@ impl SchemaProvider for TallySchema {
             "identity_graphs" => {
                 crate::identity::system::identity_graphs_table(&self.catalog.current()).map(Some)
             }
+            "destinations" => {
+                crate::activate::system::destinations_table(&self.catalog.current()).map(Some)
+            }
+            "syncs" => crate::activate::syncs::syncs_table(&self.catalog.current()).map(Some),
+            "sync_runs" => crate::activate::runs::table(self.catalog.warehouse())
+                .await
+                .map(Some),
+            "rejected_rows" => crate::activate::rejected::table(self.catalog.warehouse())
+                .await
+                .map(Some),
             other => Ok(self.extra.read().get(other).cloned()),
         }
     }

@@ -49,6 +49,8 @@ pub struct Engine {
     pub collect_stats: Arc<crate::collect::Stats>,
     /// Identity graphs kept in memory between refreshes.
     pub identity_graphs: Arc<crate::identity::GraphCache>,
+    /// Activation state shared by sessions (each destination's rate limiter).
+    pub activation: Arc<crate::activate::Activation>,
 }
 
 /// Counts a statement as running while alive, so shutdown can wait for commits to finish.
@@ -160,6 +162,7 @@ impl Engine {
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             collect_stats,
             identity_graphs: Default::default(),
+            activation: Default::default(),
         }))
     }
 

@@ -302,6 +302,8 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
         TallyStatement::IdentityGraph(stmt) => {
             crate::identity::statements::execute(session, stmt).await
         }
+        TallyStatement::Activate(stmt) => crate::activate::statements::execute(session, stmt).await,
+        TallyStatement::Sync(stmt) => crate::activate::syncs::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

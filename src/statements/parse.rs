@@ -46,6 +46,10 @@ pub enum TallyStatement {
     Source(crate::collect::sources::SourceStatement),
     /// `CREATE | REFRESH | DROP IDENTITY GRAPH`.
     IdentityGraph(crate::identity::statements::GraphStatement),
+    /// `CREATE | ALTER | DROP DESTINATION` and `COPY ... TO DESTINATION`.
+    Activate(crate::activate::statements::ActivateStatement),
+    /// `CREATE SYNC ... AS COPY ...`, `RUN SYNC`, `DROP SYNC`.
+    Sync(crate::activate::syncs::SyncStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -140,6 +144,14 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     }
     if w(1) == "IDENTITY" && w(2) == "GRAPH" && matches!(w(0), "CREATE" | "REFRESH" | "DROP") {
         return crate::identity::statements::parse(text).map(TallyStatement::IdentityGraph);
+    }
+    if (w(1) == "DESTINATION" && matches!(w(0), "CREATE" | "ALTER" | "DROP"))
+        || (w(0) == "COPY" && crate::activate::statements::is_copy_to_destination(text))
+    {
+        return crate::activate::statements::parse(text).map(TallyStatement::Activate);
+    }
+    if w(1) == "SYNC" && matches!(w(0), "CREATE" | "RUN" | "DROP") {
+        return crate::activate::syncs::parse(text).map(TallyStatement::Sync);
     }
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return parse_user(text);

@@ -349,6 +349,9 @@ pub async fn prepare(
                 .map(|c| c.schema()),
             _ => None,
         },
+        TallyStatement::Activate(crate::activate::statements::ActivateStatement::Copy {
+            ..
+        }) => Some(crate::activate::statements::copy_result_schema()),
         _ => None,
     };
     let param_plan = match &p.stmt {

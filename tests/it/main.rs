@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link on two cores), each module a feature, every test
 //! against a real `tally serve` on ephemeral ports through real clients.
 
+mod activate;
 mod collect;
 mod common;
 mod identity;
