@@ -943,6 +943,23 @@ fn text(batch: &RecordBatch, name: &str) -> Result<StringArray> {
         .ok_or_else(|| TallyError::Internal(format!("column {name} is not text")))
 }
 
+/// Calls `f` with the type and value of both endpoints of every edge of `batch`, skipping
+/// null ones.
+fn for_each_endpoint(batch: &RecordBatch, mut f: impl FnMut(&str, &str)) -> Result<()> {
+    let cols = EDGE_COLUMNS
+        .iter()
+        .map(|c| text(batch, c))
+        .collect::<Result<Vec<_>>>()?;
+    for (t, v) in [(&cols[0], &cols[1]), (&cols[2], &cols[3])] {
+        for i in 0..batch.num_rows() {
+            if !t.is_null(i) && !v.is_null(i) {
+                f(t.value(i), v.value(i));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Notes the current profile of every already-known endpoint of `batch`, before the batch
 /// is added: comparing after the refresh gives the merges.
 fn record_profiles(
@@ -950,25 +967,14 @@ fn record_profiles(
     batch: &RecordBatch,
     out: &mut HashMap<(String, String), String>,
 ) -> Result<()> {
-    let cols = EDGE_COLUMNS
-        .iter()
-        .map(|c| text(batch, c))
-        .collect::<Result<Vec<_>>>()?;
-    for (t, v) in [(&cols[0], &cols[1]), (&cols[2], &cols[3])] {
-        for i in 0..batch.num_rows() {
-            if t.is_null(i) || v.is_null(i) {
-                continue;
-            }
-            let key = (t.value(i).to_string(), v.value(i).to_string());
-            if out.contains_key(&key) {
-                continue;
-            }
-            if let Some((pid, _)) = graph.profile_of(&key.0, &key.1) {
-                out.insert(key, pid);
-            }
+    for_each_endpoint(batch, |t, v| {
+        let key = (t.to_string(), v.to_string());
+        if !out.contains_key(&key)
+            && let Some((pid, _)) = graph.profile_of(t, v)
+        {
+            out.insert(key, pid);
         }
-    }
-    Ok(())
+    })
 }
 
 /// The graph's map as the view shows it.
@@ -982,21 +988,7 @@ async fn map_frame(session: &Session, q: &QualifiedName, columns: &str) -> Resul
 
 /// Notes the internal indices of the endpoints of `batch` (already added to the graph).
 fn note_endpoints(graph: &IdentityGraph, batch: &RecordBatch, out: &mut Vec<u32>) -> Result<()> {
-    let cols = EDGE_COLUMNS
-        .iter()
-        .map(|c| text(batch, c))
-        .collect::<Result<Vec<_>>>()?;
-    for (t, v) in [(&cols[0], &cols[1]), (&cols[2], &cols[3])] {
-        for i in 0..batch.num_rows() {
-            if t.is_null(i) || v.is_null(i) {
-                continue;
-            }
-            if let Some(x) = graph.identifier_index(t.value(i), v.value(i)) {
-                out.push(x);
-            }
-        }
-    }
-    Ok(())
+    for_each_endpoint(batch, |t, v| out.extend(graph.identifier_index(t, v)))
 }
 
 /// Rebuilds a graph from the stored map, keeping its merge decisions and profile ids.

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{Batch, Destination, Mode, Options, SendError, digest_hex, http_outcome};
-use crate::error::{Result, TallyError};
+use crate::error::Result;
 
 /// Amplitude's API root.
 pub const DEFAULT_BASE_URL: &str = "https://api2.amplitude.com";
@@ -36,10 +36,7 @@ impl Amplitude {
         let base = opts
             .get("base_url")?
             .unwrap_or_else(|| DEFAULT_BASE_URL.into());
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout()?)
-            .build()
-            .map_err(|e| TallyError::Internal(format!("http client: {e}")))?;
+        let client = opts.http_client()?;
         Ok(Amplitude {
             name: opts.name().to_string(),
             endpoint: format!("{}/batch", base.trim_end_matches('/')),

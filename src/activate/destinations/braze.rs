@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::{Batch, Destination, Mode, Options, SendError, http_outcome, truncate};
-use crate::error::{Result, TallyError};
+use crate::error::Result;
 
 /// A Braze destination.
 #[derive(Debug)]
@@ -31,10 +31,7 @@ pub struct Braze {
 impl Braze {
     /// Builds the client from the destination's options.
     pub fn new(opts: &Options) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout()?)
-            .build()
-            .map_err(|e| TallyError::Internal(format!("http client: {e}")))?;
+        let client = opts.http_client()?;
         Ok(Braze {
             name: opts.name().to_string(),
             endpoint: format!(

@@ -47,10 +47,7 @@ impl HubSpot {
                 message: format!("\"{object}\" is not a HubSpot object type"),
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout()?)
-            .build()
-            .map_err(|e| TallyError::Internal(format!("http client: {e}")))?;
+        let client = opts.http_client()?;
         Ok(HubSpot {
             name: opts.name().to_string(),
             endpoint: format!(

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::{Batch, Destination, Mode, Options, SendError, http_outcome, truncate};
-use crate::error::{Result, TallyError};
+use crate::error::Result;
 
 /// Mixpanel's API root.
 pub const DEFAULT_BASE_URL: &str = "https://api.mixpanel.com";
@@ -34,10 +34,7 @@ impl Mixpanel {
         let base = opts
             .get("base_url")?
             .unwrap_or_else(|| DEFAULT_BASE_URL.into());
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout()?)
-            .build()
-            .map_err(|e| TallyError::Internal(format!("http client: {e}")))?;
+        let client = opts.http_client()?;
         Ok(Mixpanel {
             name: opts.name().to_string(),
             endpoint: format!("{}/engage?verbose=1", base.trim_end_matches('/')),

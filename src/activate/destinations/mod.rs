@@ -397,6 +397,15 @@ impl Options {
             self.number("timeout_ms")?.unwrap_or(30_000),
         ))
     }
+
+    /// An HTTP client with the destination's `timeout_ms`: what every SaaS destination
+    /// without extra default headers sends through.
+    pub fn http_client(&self) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(self.timeout()?)
+            .build()
+            .map_err(|e| TallyError::Internal(format!("http client: {e}")))
+    }
 }
 
 /// One row on its way to a destination: its fields by destination name, its key and its

@@ -47,31 +47,38 @@ fn batch(edges: &[E]) -> RecordBatch {
     .unwrap()
 }
 
+/// Applies assignment rows to `out`: a row sets its identifier's profile, a tombstone (null
+/// profile id) removes the identifier.
+fn apply(out: &mut Map, b: &RecordBatch) {
+    let s = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone()
+    };
+    let (t, v, p) = (s(0), s(1), s(2));
+    let n = b
+        .column(3)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .unwrap()
+        .clone();
+    for i in 0..b.num_rows() {
+        let key = (t.value(i).to_string(), v.value(i).to_string());
+        if p.is_null(i) {
+            out.remove(&key);
+        } else {
+            out.insert(key, (p.value(i).to_string(), n.value(i) as u64));
+        }
+    }
+}
+
 /// Reads the whole assignment of a resolved graph.
 fn read(g: &IdentityGraph) -> Map {
     let mut out = Map::new();
     for b in g.assignments(7, None) {
-        let b = b.unwrap();
-        let s = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone()
-        };
-        let (t, v, p) = (s(0), s(1), s(2));
-        let n = b
-            .column(3)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .clone();
-        for i in 0..b.num_rows() {
-            out.insert(
-                (t.value(i).to_string(), v.value(i).to_string()),
-                (p.value(i).to_string(), n.value(i) as u64),
-            );
-        }
+        apply(&mut out, &b.unwrap());
     }
     out
 }
@@ -557,29 +564,7 @@ fn changed_identifiers_patch_the_base_map_into_the_new_one() {
         let changed = g.changed_identifiers(&base, &[]);
         let g = Arc::new(g);
         for b in IdentityGraph::shared_rows(g.clone(), changed, 5) {
-            let b = b.unwrap();
-            let s = |i: usize| {
-                b.column(i)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let (t, v, p) = (s(0), s(1), s(2));
-            let n = b
-                .column(3)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .unwrap()
-                .clone();
-            for i in 0..b.num_rows() {
-                let key = (t.value(i).to_string(), v.value(i).to_string());
-                if p.is_null(i) {
-                    patched.remove(&key);
-                } else {
-                    patched.insert(key, (p.value(i).to_string(), n.value(i) as u64));
-                }
-            }
+            apply(&mut patched, &b.unwrap());
         }
         assert_eq!(patched, read(&g), "round {round}");
     }
