@@ -7,6 +7,7 @@
 pub mod copy;
 pub mod cursor;
 pub mod ddl;
+pub mod merge;
 pub mod names;
 pub mod parse;
 pub mod query;
@@ -313,13 +314,16 @@ async fn execute_sql(session: &mut Session, stmt: Statement) -> Result<Output> {
     match stmt {
         S::Query(_) | S::Explain { .. } | S::ExplainTable { .. } => query::run_query(session, stmt).await,
         S::Insert(_) => query::run_dml(session, stmt, "INSERT").await,
+        S::Update(u) if u.from.is_some() => merge::update_from(session, u).await,
+        S::Update(u) if merge::has_subquery(u.selection.as_ref()) => merge::update_with_subquery(session, u).await,
+        S::Delete(d) if merge::delete_needs_merge(&d) => merge::delete(session, d).await,
         S::Update(_) => query::run_dml(session, stmt, "UPDATE").await,
         S::Delete(_) => query::run_dml(session, stmt, "DELETE").await,
         S::Truncate(_) => query::run_dml(session, stmt, "TRUNCATE TABLE").await.map(|o| match o {
             Output::Command(_) => Output::Command(Completion::tag("TRUNCATE TABLE")),
             other => other,
         }),
-        S::Merge(_) => query::run_dml(session, stmt, "MERGE").await,
+        S::Merge(m) => merge::execute(session, m).await,
         S::CreateTable(ct) => ddl::create_table(session, ct).await,
         S::CreateView(cv) => ddl::create_view(session, cv).await,
         S::CreateSchema { schema_name, if_not_exists, .. } => ddl::create_schema(session, schema_name, if_not_exists).await,

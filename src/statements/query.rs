@@ -323,11 +323,17 @@ pub async fn prepare(
     };
     let (plan, dml_tag) = match &p.stmt {
         TallyStatement::Sql(s) => {
-            let tag = match **s {
+            let tag = match &**s {
                 Statement::Query(_) | Statement::Explain { .. } => Some(None),
                 Statement::Insert(_) => Some(Some("INSERT")),
-                Statement::Update(_) => Some(Some("UPDATE")),
-                Statement::Delete(_) => Some(Some("DELETE")),
+                Statement::Update(u)
+                    if u.from.is_none() && !super::merge::has_subquery(u.selection.as_ref()) =>
+                {
+                    Some(Some("UPDATE"))
+                }
+                Statement::Delete(d) if !super::merge::delete_needs_merge(d) => {
+                    Some(Some("DELETE"))
+                }
                 _ => None,
             };
             match tag {
