@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Client compatibility suite: starts tally on a fresh, throw-away warehouse and runs
 # tests/clients (psql, psycopg 3, asyncpg, SQLAlchemy 2 + pandas, pgjdbc, and the Segment and
-# RudderStack SDKs against the tracking API) against it.
+# RudderStack SDKs against the tracking API, and dbt-core with dbt-postgres) against it.
 #
 # Installs what it needs on a fresh Debian machine (idempotent, quiet):
 #   pip: psycopg[binary] asyncpg sqlalchemy>=2 pandas pytest segment-analytics-python rudder-sdk-python
+#   venv ~/.cache/tally/dbt-venv: dbt-core 1.11 + dbt-postgres 1.11
 #   npm: @segment/analytics-node (into tests/clients/node)
 #   apt: libpostgresql-jdbc-java (pgjdbc jar), and psql / a JDK if they are missing
 # Uses $TALLY_BIN, else $CARGO_TARGET_DIR/debug/tally (default ./target/debug/tally), building
@@ -71,9 +72,24 @@ install_node_deps() {
   fi
 }
 
+# dbt-core + dbt-postgres for tests/clients/test_dbt.py, in a virtual environment of their own
+# (dbt pins its dependencies tightly). 1.11: dbt-core 1.12 downloads a parser wheel at
+# install time from outside the package registry.
+install_dbt() {
+  local venv="${TALLY_DBT_VENV:-$HOME/.cache/tally/dbt-venv}"
+  if [ ! -x "$venv/bin/dbt" ]; then
+    log "installing dbt-core 1.11 and dbt-postgres 1.11 into $venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-input 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
+  fi
+  export TALLY_DBT="$venv/bin/dbt"
+}
+
 install_python_deps
 install_apt_deps
 install_node_deps
+install_dbt
 
 # --- the server binary -----------------------------------------------------------------------
 

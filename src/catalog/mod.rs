@@ -223,6 +223,9 @@ pub struct TableEntry {
     /// `COMMENT ON TABLE`.
     #[serde(default)]
     pub comment: Option<String>,
+    /// `COMMENT ON COLUMN`, by column.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_comments: BTreeMap<String, String>,
 }
 
 /// A view.
@@ -233,6 +236,12 @@ pub struct ViewEntry {
     /// Schema that was the default when the view was created, for resolving its names.
     #[serde(default)]
     pub default_schema: Option<String>,
+    /// `COMMENT ON VIEW`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// `COMMENT ON COLUMN`, by column.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_comments: BTreeMap<String, String>,
 }
 
 /// An external table.

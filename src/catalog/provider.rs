@@ -216,6 +216,11 @@ impl CatalogProvider for CatalogView {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.doc().schemas.keys().cloned().collect();
         names.extend(self.inner.system.iter().map(|e| e.key().clone()));
+        // Listed so that information_schema shows the session's temporary tables, as
+        // PostgreSQL does (dbt reads the columns of its temporary tables from there).
+        if !self.inner.temp.table_names().is_empty() {
+            names.push(TEMP_SCHEMA.to_string());
+        }
         names
     }
 

@@ -332,6 +332,8 @@ impl Flusher {
                             Relation::View(ViewEntry {
                                 sql: sql.clone(),
                                 default_schema: Some(schema.clone()),
+                                comment: None,
+                                column_comments: Default::default(),
                             }),
                         );
                     }
@@ -418,6 +420,7 @@ async fn create_collected_table(
                             pg_types: Default::default(),
                             primary_key: vec![],
                             comment: None,
+                            column_comments: Default::default(),
                         }),
                     );
                     Ok(None)

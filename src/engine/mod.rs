@@ -4,6 +4,7 @@
 //! transaction, over the shared catalog.
 
 mod pg_compat;
+mod pg_overrides;
 pub mod session;
 
 use std::sync::Arc;
@@ -125,6 +126,7 @@ impl Engine {
             .map_err(|e| TallyError::Internal(format!("pg_catalog setup failed: {e}")))?;
         tally_udfs::register_all(&ctx);
         pg_compat::register(&ctx);
+        pg_overrides::install(&ctx, catalog.clone()).await?;
         {
             let mut builder = SessionStateBuilder::new_from_existing(ctx.state());
             let inner = builder.type_planner().take();

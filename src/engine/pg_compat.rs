@@ -97,6 +97,12 @@ pub fn register(ctx: &SessionContext) {
         ),
         ConstFn::udf("pg_type_is_visible", &[1], ScalarValue::Boolean(Some(true))),
         ConstFn::udf("pg_is_in_recovery", &[0], ScalarValue::Boolean(Some(false))),
+        // A session sees only its own temporary schema.
+        ConstFn::udf(
+            "pg_is_other_temp_schema",
+            &[1],
+            ScalarValue::Boolean(Some(false)),
+        ),
         ConstFn::udf("to_regclass", &[1], null_text.clone()),
         ConstFn::udf("obj_description", &[1, 2], null_text.clone()),
         ConstFn::udf("col_description", &[2], null_text.clone()),

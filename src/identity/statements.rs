@@ -451,6 +451,8 @@ async fn create(
     let view_entry = ViewEntry {
         sql: map_view_sql(&q),
         default_schema: Some(q.schema.clone()),
+        comment: None,
+        column_comments: Default::default(),
     };
     let stored = change_catalog(session, |doc| {
         if doc.identity_graphs.contains_key(&key) {
@@ -588,6 +590,7 @@ async fn create_graph_table(
                 "identity graph {}: written by REFRESH IDENTITY GRAPH",
                 q.name
             )),
+            column_comments: Default::default(),
         },
     )
     .await

@@ -162,6 +162,7 @@ pub async fn create_table(session: &mut Session, ct: CreateTable) -> Result<Outp
         pg_types,
         primary_key,
         comment,
+        column_comments: Default::default(),
     };
     register_new_table(session, &q, entry).await?;
     Ok(Output::Command(Completion::tag("CREATE TABLE")))
@@ -341,6 +342,7 @@ async fn create_table_as(session: &mut Session, q: QualifiedName, query: Query) 
             pg_types: Default::default(),
             primary_key: vec![],
             comment: None,
+            column_comments: Default::default(),
         },
     )
     .await?;
@@ -510,6 +512,8 @@ pub async fn create_view(session: &mut Session, cv: CreateView) -> Result<Output
             Relation::View(ViewEntry {
                 sql: sql.clone(),
                 default_schema: Some(default_schema.clone()),
+                comment: None,
+                column_comments: Default::default(),
             }),
         );
         Ok(true)
@@ -1074,6 +1078,8 @@ pub async fn comment(
     name: ObjectName,
     comment: Option<String>,
 ) -> Result<Output> {
+    // PostgreSQL stores an empty comment as none.
+    let comment = comment.filter(|c| !c.is_empty());
     match object_type {
         CommentObject::Table | CommentObject::View => {
             let q = resolve(session, &name)?;
@@ -1083,17 +1089,59 @@ pub async fn comment(
                     .get_mut(&q.schema)
                     .and_then(|s| s.relations.get_mut(&q.name))
                 {
-                    Some(Relation::Table(t)) => {
-                        t.comment = comment.clone();
-                        Ok(())
-                    }
-                    Some(_) => Ok(()),
-                    None => Err(TallyError::no_relation(q.name.clone())),
+                    Some(Relation::Table(t)) => t.comment = comment.clone(),
+                    Some(Relation::View(v)) => v.comment = comment.clone(),
+                    Some(Relation::External(_)) => {}
+                    None => return Err(TallyError::no_relation(q.name.clone())),
                 }
+                Ok(())
             })
             .await?;
         }
-        CommentObject::Column | CommentObject::Schema => {}
+        CommentObject::Column => {
+            let mut relation = name.clone();
+            let column = match relation.0.pop().and_then(|p| p.as_ident().map(ident)) {
+                Some(c) if !relation.0.is_empty() => c,
+                _ => {
+                    return Err(TallyError::syntax(format!(
+                        "column name must be qualified: {name}"
+                    )));
+                }
+            };
+            let q = resolve(session, &relation)?;
+            let provider = session
+                .catalog
+                .doc()
+                .relation(&q.schema, &q.name)
+                .cloned()
+                .ok_or_else(|| TallyError::no_relation(q.name.clone()))?;
+            let provider = session.catalog.relation_provider(&provider).await?;
+            if provider.schema().field_with_name(&column).is_err() {
+                return Err(TallyError::NotFound {
+                    kind: "column",
+                    name: format!("{column}\" of relation \"{}", q.name),
+                });
+            }
+            change_catalog(session, |doc| {
+                let comments = match doc
+                    .schemas
+                    .get_mut(&q.schema)
+                    .and_then(|s| s.relations.get_mut(&q.name))
+                {
+                    Some(Relation::Table(t)) => &mut t.column_comments,
+                    Some(Relation::View(v)) => &mut v.column_comments,
+                    Some(Relation::External(_)) => return Ok(()),
+                    None => return Err(TallyError::no_relation(q.name.clone())),
+                };
+                match &comment {
+                    Some(c) => comments.insert(column.clone(), c.clone()),
+                    None => comments.remove(&column),
+                };
+                Ok(())
+            })
+            .await?;
+        }
+        CommentObject::Schema => {}
         other => {
             return Err(TallyError::Unsupported(format!(
                 "COMMENT ON {other} is not supported"

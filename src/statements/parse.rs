@@ -156,6 +156,11 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return parse_user(text);
     }
+    if w(0) == "COMMENT"
+        && let Some(plain) = dollar_quotes_to_literals(text)
+    {
+        return parse_one(compat, &plain);
+    }
     let mut stmts = compat.parse(text).map_err(|_| {
         // The compatibility parser loses token positions; parse again for the message.
         match Parser::parse_sql(&PostgreSqlDialect {}, text) {
@@ -172,6 +177,39 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
         }
         _ => Err(syntax_error("cannot parse statement")),
     }
+}
+
+/// The statement with every dollar-quoted string (`$tag$...$tag$`) written as a standard
+/// string literal, or `None` when it has none. sqlparser accepts dollar quotes only where an
+/// expression is expected, but PostgreSQL takes them wherever a string literal goes, and dbt
+/// writes `COMMENT ON ... IS $dbt_comment_literal_block$...$dbt_comment_literal_block$`.
+fn dollar_quotes_to_literals(text: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .ok()?;
+    if !tokens
+        .iter()
+        .any(|t| matches!(t, Token::DollarQuotedString(_)))
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    for t in tokens {
+        match t {
+            Token::DollarQuotedString(d) => {
+                out.push('\'');
+                out.push_str(&d.value.replace('\'', "''"));
+                out.push('\'');
+            }
+            Token::SingleQuotedString(s) => {
+                out.push('\'');
+                out.push_str(&s.replace('\'', "''"));
+                out.push('\'');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    Some(out)
 }
 
 fn syntax_error(message: &str) -> TallyError {
@@ -433,6 +471,20 @@ mod tests {
         let err = parse("select 1;\nselec 2").unwrap_err();
         assert_eq!(err.sqlstate(), "42601");
         assert_eq!(err.position(), Some(11));
+    }
+
+    #[test]
+    fn dollar_quoted_comments_become_literals() {
+        let sql = "comment on view \"s\".\"v\" is $c$it's $1, ok$c$";
+        assert_eq!(
+            dollar_quotes_to_literals(sql).as_deref(),
+            Some("comment on view \"s\".\"v\" is 'it''s $1, ok'")
+        );
+        assert!(dollar_quotes_to_literals("comment on table t is 'x'").is_none());
+        assert!(matches!(
+            parse(sql).unwrap()[0].stmt,
+            TallyStatement::Sql(ref s) if matches!(**s, Statement::Comment { .. })
+        ));
     }
 
     #[test]

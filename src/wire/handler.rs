@@ -303,6 +303,9 @@ impl SimpleQueryHandler for QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // At debug level, every statement a client sends (as PostgreSQL's log_statement =
+        // 'all'): how a tool's statement stream is captured, e.g. dbt's.
+        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "simple", "{query}");
         let (outputs, error) = {
             let mut session = self.slot.lock(client).await;
             statements::run(&mut session, query).await
@@ -473,6 +476,7 @@ impl QueryParser for TallyParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "extended", "{sql}");
         let session = self.slot.lock(client).await;
         let declared: Vec<_> = types
             .iter()

@@ -8,4 +8,5 @@ mod identity;
 mod identity_graph;
 mod persistence;
 mod slt;
+mod streams;
 mod wire;
