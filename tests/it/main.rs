@@ -7,5 +7,6 @@ mod common;
 mod identity;
 mod identity_graph;
 mod persistence;
+mod routes;
 mod slt;
 mod wire;
