@@ -819,6 +819,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readers_hold_segments_until_passed_or_over_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), 64).expect("open");
+        wal.save_reader("r", wal.end_position()).expect("reader");
+        for i in 0..10 {
+            wal.append(vec![rec(&format!("{{\"i\":{i}}}"))])
+                .await
+                .expect("append");
+        }
+        wal.mark_flushed(10).expect("mark");
+        // The reader has read nothing: every record is still there for it.
+        let start = wal.reader("r").expect("saved");
+        let (recs, next) = wal.read_positioned(start.cursor, 100).expect("read");
+        assert_eq!(recs.len(), 10);
+        // Resuming from the position of record 4 reads 4 and on.
+        let (pos4, r4) = &recs[3];
+        assert_eq!(r4.seq, 4);
+        let (again, _) = wal.read_positioned(*pos4, 100).expect("read");
+        assert_eq!(again.first().map(|r| r.1.seq), Some(4));
+        // Restart keeps the hold; passing the records releases them.
+        drop(recs);
+        drop(wal);
+        let wal = Wal::open(dir.path(), 64).expect("reopen");
+        assert_eq!(wal.readers().len(), 1);
+        let before = list_segments(dir.path()).expect("list").len();
+        wal.save_reader(
+            "r",
+            ReaderPos {
+                cursor: next,
+                seq: 10,
+            },
+        )
+        .expect("advance");
+        assert!(list_segments(dir.path()).expect("list").len() < before);
+        // Over budget, flushed segments go even if a reader needs them.
+        wal.remove_reader("r");
+        wal.save_reader("slow", wal.oldest_cursor().expect("oldest"))
+            .expect("slow reader");
+        for i in 0..10 {
+            wal.append(vec![rec(&format!("{{\"j\":{i}}}"))])
+                .await
+                .expect("append");
+        }
+        wal.set_retention_budget(1);
+        wal.mark_flushed(20).expect("mark");
+        assert!(wal.over_budget());
+        assert!(!wal.has_segment(wal.reader("slow").expect("slow").cursor));
+    }
+
+    #[tokio::test]
     async fn a_torn_tail_is_cut_off() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = Wal::open(dir.path(), 1 << 20).expect("open");

@@ -312,7 +312,7 @@ impl RouteTask {
         let result = self.main_loop(&mut st, &mut durable).await;
         // Keep what was finished, whatever happened.
         let _ = st.flush_rejected().await;
-        let _ = st.save();
+        let _ = st.save().await;
         result
     }
 
@@ -327,7 +327,7 @@ impl RouteTask {
             }
             if *self.paused.borrow() {
                 st.stats.set_state("paused");
-                st.save()?;
+                st.save().await?;
                 tokio::select! {
                     _ = self.paused.changed() => {}
                     _ = self.cancel.cancelled() => return Ok(()),
@@ -350,7 +350,7 @@ impl RouteTask {
                 full = st.read_and_deliver(&self.cancel).await?;
             }
             st.flush_rejected().await?;
-            st.save()?;
+            st.save().await?;
             st.update_gauges();
             if full || self.cancel.is_cancelled() {
                 continue;
@@ -942,10 +942,15 @@ impl State {
         }
     }
 
-    fn save(&mut self) -> Result<()> {
+    /// Saves the position (an fsync, so off the async workers).
+    async fn save(&mut self) -> Result<()> {
         let pos = self.position();
         if pos != self.saved {
-            self.wal.save_reader(&self.name, pos)?;
+            let wal = self.wal.clone();
+            let name = self.name.clone();
+            tokio::task::spawn_blocking(move || wal.save_reader(&name, pos))
+                .await
+                .map_err(|e| TallyError::Internal(format!("saving a route position: {e}")))??;
             self.saved = pos;
         }
         Ok(())

@@ -392,7 +392,13 @@ pub async fn execute(session: &mut Session, stmt: RouteStatement) -> Result<Outp
             })
             .await?;
             session.engine.routes.notify_changed();
-            Ok(Output::Command(Completion::tag("ALTER ROUTE")))
+            let mut c = Completion::tag("ALTER ROUTE");
+            if pause && !wait_paused(session, &name).await {
+                c = c.with_notice(format!(
+                    "route \"{name}\" is finishing a delivery; it pauses after it"
+                ));
+            }
+            Ok(Output::Command(c))
         }
         RouteStatement::Drop { names, if_exists } => {
             let missing = change_catalog(session, |doc| {
@@ -422,6 +428,22 @@ pub async fn execute(session: &mut Session, stmt: RouteStatement) -> Result<Outp
             super::replay::run(session, &name, &from, to.as_deref()).await
         }
     }
+}
+
+/// Waits (up to 5 s) until route `name`, when it runs on this server, has stopped sending,
+/// so that events that arrive after `ALTER ROUTE ... PAUSE` returns are not sent. Returns
+/// false when it did not get there in time (it is in the middle of a delivery).
+async fn wait_paused(session: &Session, name: &str) -> bool {
+    let Some(stats) = session.engine.routes.existing_stats(name) else {
+        return true;
+    };
+    for _ in 0..500 {
+        if matches!(*stats.state.lock(), "paused" | "stopped" | "error") {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ struct Behaviour {
     fail_in_10: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Received {
     requests: u64,
     failures: u64,
@@ -70,7 +70,7 @@ async fn handle(
     let fail = (n * 7919) % 10 < b.fail_in_10;
     if fail {
         s.failures += 1;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             s.rows.extend(rows);
         }
         return Ok(answer(500, json!({"error": "try again"})));
@@ -258,7 +258,7 @@ async fn routes_deliver_projected_filtered_events_in_user_order() {
         wait_for(&got, |r| ids(r).len() == 60).await,
         "60 events delivered"
     );
-    let r = got.lock();
+    let r = got.lock().clone();
     let expected_hash: String = c
         .query_one("SELECT hash_email('ann@example.com')", &[])
         .await
@@ -340,7 +340,7 @@ async fn a_flaky_destination_gets_everything_and_a_down_one_holds_no_one_else() 
         wait_for(&got, |r| ids(r).len() == 300).await,
         "every event reached the flaky receiver"
     );
-    let r = got.lock();
+    let r = got.lock().clone();
     assert!(r.failures > 0, "the receiver did fail");
     // Duplicates only as the same messageId with the same content.
     let mut by_id: HashMap<String, &Value> = HashMap::new();
@@ -468,7 +468,7 @@ async fn replay_resends_the_same_message_ids_from_the_tables() {
     assert_eq!(res[0]["events"], "20");
     assert_eq!(res[0]["filtered"], "5");
     assert_eq!(res[0]["delivered"], "15");
-    let r = got.lock();
+    let r = got.lock().clone();
     assert_eq!(r.rows.len(), 30);
     // The same messageIds, with the same content.
     let replayed: Vec<Value> = r.rows[15..].to_vec();
