@@ -281,7 +281,14 @@ impl RouteTask {
             &self.entry.default_schema,
         )?;
         let start = match self.wal.reader(&self.name) {
-            Some(p) => p,
+            Some(p) if p.seq <= self.wal.durable().seq => p,
+            Some(p) => {
+                // The log was replaced (its folder emptied): the position means nothing there.
+                tracing::warn!(route = %self.name, seq = p.seq, "route position is past the end of the log; starting at its end");
+                let p = self.wal.end_position();
+                self.wal.save_reader(&self.name, p)?;
+                p
+            }
             None => {
                 let p = self.wal.end_position();
                 self.wal.save_reader(&self.name, p)?;
