@@ -77,6 +77,11 @@ pub struct CollectConfig {
     pub dedupe_max_ids: usize,
     /// Start a new log segment after this many bytes; flushed segments are deleted whole.
     pub wal_segment_bytes: u64,
+    /// Disk the log may keep for routes that have not passed it yet (a paused route, a
+    /// destination that is down). Beyond it, flushed segments are deleted anyway and the
+    /// routes behind them skip ahead (counted in `tally.route_stats`); a warning is logged
+    /// from 80% on.
+    pub route_retention_bytes: u64,
 }
 
 impl Default for CollectConfig {
@@ -88,6 +93,7 @@ impl Default for CollectConfig {
             dedupe_window_secs: 24 * 3600,
             dedupe_max_ids: 2_000_000,
             wal_segment_bytes: 64 << 20,
+            route_retention_bytes: 8 << 30,
         }
     }
 }

@@ -111,7 +111,8 @@ impl TallyError {
             TallyError::NotFound { kind, .. } => match *kind {
                 "schema" => "3F000",
                 "column" => "42703",
-                "user" | "role" | "source" | "identity graph" | "destination" | "sync" => "42704",
+                "user" | "role" | "source" | "identity graph" | "destination" | "sync"
+                | "route" => "42704",
                 "function" => "42883",
                 "prepared statement" => "26000",
                 "cursor" => "34000",
@@ -120,7 +121,8 @@ impl TallyError {
             },
             TallyError::AlreadyExists { kind, .. } => match *kind {
                 "schema" => "42P06",
-                "user" | "role" | "source" | "identity graph" | "destination" | "sync" => "42710",
+                "user" | "role" | "source" | "identity graph" | "destination" | "sync"
+                | "route" => "42710",
                 "prepared statement" => "42P05",
                 "cursor" => "42P03",
                 _ => "42P07",

@@ -26,6 +26,7 @@ pub struct RunningServer {
     tasks: Vec<JoinHandle<Result<()>>>,
     flush_shutdown: watch::Sender<bool>,
     flusher: JoinHandle<()>,
+    routes: crate::route::RouteHandle,
 }
 
 /// Opens the warehouse and starts both listeners.
@@ -58,6 +59,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
     // acknowledged during shutdown are flushed too.
     let (flush_tx, flush_rx) = watch::channel(false);
     let (collector, flusher) = crate::collect::Collector::start(engine.clone(), flush_rx).await?;
+    let routes = crate::route::start(engine.clone(), collector.wal().clone());
     let pg_task = tokio::spawn(crate::wire::serve(engine.clone(), pg, tls, rx.clone()));
     let router = crate::collect::http::router(Some(collector));
     let http_task = tokio::spawn(crate::collect::http::serve(http, router, rx));
@@ -70,6 +72,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         tasks: vec![pg_task, http_task],
         flush_shutdown: flush_tx,
         flusher,
+        routes,
     })
 }
 
@@ -84,6 +87,8 @@ impl RunningServer {
         while self.engine.running_statements() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Routes save their positions; what they had in flight is sent again after restart.
+        self.routes.shutdown(grace).await;
         // Flush what was acknowledged; whatever does not make it stays in the log for the
         // next start.
         let _ = self.flush_shutdown.send(true);

@@ -58,6 +58,36 @@ pub struct CatalogDoc {
     /// Syncs created with `CREATE SYNC`, by name.
     #[serde(default)]
     pub syncs: BTreeMap<String, SyncEntry>,
+    /// Real-time routes created with `CREATE ROUTE`, by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteEntry>,
+}
+
+/// A real-time route: the events of `source`, as they arrive in the collector's log, through
+/// `query` (a projection and filter over `events`) to `destination`. Its progress (the log
+/// position it has delivered through) is kept beside the log, not here, since it changes
+/// with every micro-batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// Source whose events the route reads.
+    pub source: String,
+    /// Destination it delivers to.
+    pub destination: String,
+    /// The `SELECT ... FROM events ...` as written.
+    pub query: String,
+    /// `WITH (...)` options (mode, key, batch_size, give_up_after, ...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Default schema when the route was created (names in the query resolve against it).
+    pub default_schema: String,
+    /// Whether `ALTER ROUTE ... PAUSE` holds it.
+    #[serde(default)]
+    pub paused: bool,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last PAUSE/RESUME.
+    #[serde(default)]
+    pub altered_at: Option<String>,
 }
 
 /// A sync: a `COPY ... TO DESTINATION` that sends only the rows changed since its last

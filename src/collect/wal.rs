@@ -11,11 +11,20 @@
 //! The flusher reads the log from its own cursor, never past what is durable, and records in
 //! [`Wal::mark_flushed`] the sequence up to which records are in tables; whole segments
 //! below that mark are deleted.
+//!
+//! Other named readers (real-time routes) keep durable positions of their own
+//! ([`Wal::save_reader`], a small file per reader under `readers/`, loaded at open so a
+//! restart never deletes what a reader still needs). A segment is deleted only when the
+//! flusher and every reader have passed it, unless the log outgrows its retention budget
+//! ([`Wal::set_retention_budget`]): then flushed segments go anyway, with a warning, and the
+//! readers behind skip ahead ([`Wal::oldest_cursor`]).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,6 +90,16 @@ struct AppendRequest {
     done: oneshot::Sender<Result<u64>>,
 }
 
+/// A named reader's durable position: where to read next, and the last sequence number
+/// it has finished with (everything at or below it may be deleted as far as it cares).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderPos {
+    /// Where the reader continues.
+    pub cursor: Cursor,
+    /// The last sequence number it is done with.
+    pub seq: u64,
+}
+
 /// The write-ahead log.
 pub struct Wal {
     dir: PathBuf,
@@ -88,6 +107,12 @@ pub struct Wal {
     durable: watch::Receiver<Durable>,
     flushed: Mutex<u64>,
     id: String,
+    /// Named readers' positions (sequence numbers they are done with).
+    readers: Mutex<HashMap<String, u64>>,
+    /// Bytes the log may keep for readers behind the flusher.
+    budget: AtomicU64,
+    /// Whether the last clean-up had to delete segments a reader still needed.
+    over_budget: AtomicBool,
 }
 
 impl std::fmt::Debug for Wal {
@@ -98,6 +123,7 @@ impl std::fmt::Debug for Wal {
 
 const HEADER: usize = 8;
 const FLUSHED_FILE: &str = "flushed";
+const READERS_DIR: &str = "readers";
 const ID_FILE: &str = "id";
 /// Requests waiting for the writer before appends push back on senders.
 const QUEUE: usize = 4096;
@@ -277,13 +303,134 @@ impl Wal {
             .name("tally-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| TallyError::Internal(format!("cannot start the log writer: {e}")))?;
+        let readers = load_readers(dir)
+            .into_iter()
+            .map(|(name, pos)| (name, pos.seq))
+            .collect();
         Ok(Arc::new(Wal {
             dir: dir.to_path_buf(),
             tx,
             durable: durable_rx,
             flushed: Mutex::new(flushed),
             id,
+            readers: Mutex::new(readers),
+            budget: AtomicU64::new(u64::MAX),
+            over_budget: AtomicBool::new(false),
         }))
+    }
+
+    /// The folder of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sets how many bytes the log may keep for readers that are behind the flusher.
+    pub fn set_retention_budget(&self, bytes: u64) {
+        self.budget.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The retention budget in bytes.
+    pub fn retention_budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log outgrew its budget at the last clean-up, so that segments a reader
+    /// still needed were deleted.
+    pub fn over_budget(&self) -> bool {
+        self.over_budget.load(Ordering::Relaxed)
+    }
+
+    /// The durable position of reader `name`, if it saved one.
+    pub fn reader(&self, name: &str) -> Option<ReaderPos> {
+        read_reader_file(&self.dir.join(READERS_DIR).join(reader_file(name)))
+    }
+
+    /// Every saved reader, by name.
+    pub fn readers(&self) -> Vec<(String, ReaderPos)> {
+        load_readers(&self.dir)
+    }
+
+    /// Durably records reader `name`'s position (written to a temporary file, fsynced and
+    /// renamed), then deletes the segments nobody needs any more.
+    pub fn save_reader(&self, name: &str, pos: ReaderPos) -> Result<()> {
+        let dir = self.dir.join(READERS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let file = reader_file(name);
+        let tmp = dir.join(format!("{file}.tmp"));
+        let dst = dir.join(&file);
+        let text = format!(
+            "{} {} {} {}",
+            pos.cursor.segment, pos.cursor.offset, pos.seq, name
+        );
+        File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            })
+            .and_then(|_| std::fs::rename(&tmp, &dst))
+            .map_err(|e| io_err("cannot record a reader position in", &dst, e))?;
+        let crossed = {
+            let mut readers = self.readers.lock();
+            let old = readers.insert(name.to_string(), pos.seq);
+            old.is_none_or(|o| o < pos.seq)
+        };
+        if crossed {
+            self.collect_garbage();
+        }
+        Ok(())
+    }
+
+    /// Forgets reader `name` (its route was dropped), so it holds no segment any more.
+    pub fn remove_reader(&self, name: &str) {
+        let path = self.dir.join(READERS_DIR).join(reader_file(name));
+        let _ = std::fs::remove_file(&path);
+        self.readers.lock().remove(name);
+        self.collect_garbage();
+    }
+
+    /// Where a reader starts that wants only what is appended from now on.
+    pub fn end_position(&self) -> ReaderPos {
+        let d = self.durable();
+        ReaderPos {
+            cursor: Cursor {
+                segment: d.segment,
+                offset: d.len,
+            },
+            seq: d.seq,
+        }
+    }
+
+    /// The start of the oldest segment still on disk: where a reader continues whose
+    /// segment was deleted for the retention budget. Returns it with the sequence number
+    /// just before its first record.
+    pub fn oldest_cursor(&self) -> Result<ReaderPos> {
+        let first = list_segments(&self.dir)?
+            .into_iter()
+            .next()
+            .unwrap_or(self.durable().segment);
+        Ok(ReaderPos {
+            cursor: Cursor {
+                segment: first,
+                offset: 0,
+            },
+            seq: first.saturating_sub(1),
+        })
+    }
+
+    /// Whether the segment of `cursor` is still on disk.
+    pub fn has_segment(&self, cursor: Cursor) -> bool {
+        self.dir.join(segment_name(cursor.segment)).exists()
+    }
+
+    /// Reads up to `max` durable records from `cursor`, whether flushed or not, each with
+    /// the position where it starts (a reader that stops in the middle of a batch saves the
+    /// position of the first record it has not finished). Returns the position after them.
+    pub fn read_positioned(
+        &self,
+        cursor: Cursor,
+        max: usize,
+    ) -> Result<(Vec<(Cursor, Record)>, Cursor)> {
+        self.read_inner(cursor, max, 0)
     }
 
     /// A stable id of this log, used as the Delta application-transaction id of its flushes,
@@ -339,8 +486,17 @@ impl Wal {
     /// Reads up to `max` durable records from `cursor`, skipping those at or below the
     /// flushed mark. Returns the records and the position after them.
     pub fn read(&self, cursor: Cursor, max: usize) -> Result<(Vec<Record>, Cursor)> {
+        let (records, next) = self.read_inner(cursor, max, self.flushed())?;
+        Ok((records.into_iter().map(|(_, r)| r).collect(), next))
+    }
+
+    fn read_inner(
+        &self,
+        cursor: Cursor,
+        max: usize,
+        flushed: u64,
+    ) -> Result<(Vec<(Cursor, Record)>, Cursor)> {
         let durable = self.durable();
-        let flushed = self.flushed();
         let mut out = Vec::new();
         let mut cur = cursor;
         loop {
@@ -375,9 +531,10 @@ impl Wal {
                             cur.offset
                         ))
                     })?;
+                    let at = cur;
                     cur.offset += n as u64;
                     if rec.seq > flushed {
-                        out.push(rec);
+                        out.push((at, rec));
                     }
                 }
             }
@@ -420,18 +577,71 @@ impl Wal {
             sync_dir(&self.dir)?;
             *f = seq;
         }
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Deletes the segments that the flusher and every reader have passed. When what is left
+    /// is over the retention budget, flushed segments that only readers still need are
+    /// deleted too (oldest first), with a warning: the readers behind skip ahead.
+    fn collect_garbage(&self) {
+        let flushed = self.flushed();
+        let floor = self
+            .readers
+            .lock()
+            .values()
+            .copied()
+            .min()
+            .map_or(flushed, |r| r.min(flushed));
         let current = self.durable().segment;
-        let segments = list_segments(&self.dir)?;
+        let Ok(segments) = list_segments(&self.dir) else {
+            return;
+        };
+        let mut kept = Vec::new();
         for pair in segments.windows(2) {
             let (first, next) = (pair[0], pair[1]);
-            if first != current && next - 1 <= seq {
-                let path = self.dir.join(segment_name(first));
+            let path = self.dir.join(segment_name(first));
+            if first != current && next - 1 <= floor {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(segment = %path.display(), error = %e, "cannot delete a flushed log segment");
                 }
+            } else {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                kept.push((first, next, len));
             }
         }
-        Ok(())
+        let current_len = self.durable().len;
+        let mut total: u64 = kept.iter().map(|k| k.2).sum::<u64>() + current_len;
+        let budget = self.retention_budget();
+        if total > budget / 10 * 8 && total <= budget {
+            tracing::warn!(
+                log = %self.dir.display(),
+                retained_bytes = total,
+                budget_bytes = budget,
+                "the write-ahead log kept for routes that are behind is near its retention budget; a route's destination may be down or paused"
+            );
+        }
+        let mut over = false;
+        for (first, next, len) in kept {
+            if total <= budget {
+                break;
+            }
+            if first == current || next - 1 > flushed {
+                break;
+            }
+            let path = self.dir.join(segment_name(first));
+            tracing::error!(
+                segment = %path.display(),
+                retained_bytes = total,
+                budget_bytes = budget,
+                "write-ahead log over its retention budget: deleting a flushed segment that a route has not delivered yet; that route skips these events (they stay in the tables, REPLAY ROUTE re-sends them)"
+            );
+            if std::fs::remove_file(&path).is_ok() {
+                total = total.saturating_sub(len);
+                over = true;
+            }
+        }
+        self.over_budget.store(over, Ordering::Relaxed);
     }
 
     /// Bytes the log holds on disk.
@@ -443,6 +653,43 @@ impl Wal {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// A reader's file name: its name in hex, so any route name is a safe file name.
+fn reader_file(name: &str) -> String {
+    format!("{}.pos", crate::engine::hex_encode(name.as_bytes()))
+}
+
+fn read_reader_file(path: &Path) -> Option<ReaderPos> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.splitn(4, ' ');
+    let segment = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some(ReaderPos {
+        cursor: Cursor { segment, offset },
+        seq,
+    })
+}
+
+fn load_readers(dir: &Path) -> Vec<(String, ReaderPos)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(READERS_DIR)) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("pos") {
+            continue;
+        }
+        let name = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.splitn(4, ' ').nth(3).map(str::to_string));
+        if let (Some(name), Some(pos)) = (name, read_reader_file(&path)) {
+            out.push((name, pos));
+        }
+    }
+    out
 }
 
 struct Writer {
@@ -569,6 +816,56 @@ mod tests {
             vec![7, 8, 9, 10]
         );
         assert_eq!(wal.append(vec![rec("{}")]).await.expect("append"), 11);
+    }
+
+    #[tokio::test]
+    async fn readers_hold_segments_until_passed_or_over_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), 64).expect("open");
+        wal.save_reader("r", wal.end_position()).expect("reader");
+        for i in 0..10 {
+            wal.append(vec![rec(&format!("{{\"i\":{i}}}"))])
+                .await
+                .expect("append");
+        }
+        wal.mark_flushed(10).expect("mark");
+        // The reader has read nothing: every record is still there for it.
+        let start = wal.reader("r").expect("saved");
+        let (recs, next) = wal.read_positioned(start.cursor, 100).expect("read");
+        assert_eq!(recs.len(), 10);
+        // Resuming from the position of record 4 reads 4 and on.
+        let (pos4, r4) = &recs[3];
+        assert_eq!(r4.seq, 4);
+        let (again, _) = wal.read_positioned(*pos4, 100).expect("read");
+        assert_eq!(again.first().map(|r| r.1.seq), Some(4));
+        // Restart keeps the hold; passing the records releases them.
+        drop(recs);
+        drop(wal);
+        let wal = Wal::open(dir.path(), 64).expect("reopen");
+        assert_eq!(wal.readers().len(), 1);
+        let before = list_segments(dir.path()).expect("list").len();
+        wal.save_reader(
+            "r",
+            ReaderPos {
+                cursor: next,
+                seq: 10,
+            },
+        )
+        .expect("advance");
+        assert!(list_segments(dir.path()).expect("list").len() < before);
+        // Over budget, flushed segments go even if a reader needs them.
+        wal.remove_reader("r");
+        wal.save_reader("slow", wal.oldest_cursor().expect("oldest"))
+            .expect("slow reader");
+        for i in 0..10 {
+            wal.append(vec![rec(&format!("{{\"j\":{i}}}"))])
+                .await
+                .expect("append");
+        }
+        wal.set_retention_budget(1);
+        wal.mark_flushed(20).expect("mark");
+        assert!(wal.over_budget());
+        assert!(!wal.has_segment(wal.reader("slow").expect("slow").cursor));
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ pub struct Engine {
     pub identity_graphs: Arc<crate::identity::GraphCache>,
     /// Activation state shared by sessions (each destination's rate limiter).
     pub activation: Arc<crate::activate::Activation>,
+    /// Real-time routes' counters and change signal (`tally.route_stats`).
+    pub routes: Arc<crate::route::Registry>,
 }
 
 /// Counts a statement as running while alive, so shutdown can wait for commits to finish.
@@ -141,6 +143,18 @@ impl Engine {
                 collect_stats.clone(),
             )),
         );
+        let routes = Arc::new(crate::route::Registry::default());
+        if let Some(tally) = system_schemas.get("tally") {
+            use crate::route::system::RouteTable;
+            tally.register_table(
+                "routes".into(),
+                Arc::new(RouteTable::routes(catalog.clone(), routes.clone())),
+            )?;
+            tally.register_table(
+                "route_stats".into(),
+                Arc::new(RouteTable::stats(catalog.clone(), routes.clone())),
+            )?;
+        }
         let template = ctx.state();
         let config_credentials = config
             .users
@@ -165,6 +179,7 @@ impl Engine {
             collect_stats,
             identity_graphs: Default::default(),
             activation: Default::default(),
+            routes,
         }))
     }
 

@@ -305,6 +305,7 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
         }
         TallyStatement::Activate(stmt) => crate::activate::statements::execute(session, stmt).await,
         TallyStatement::Sync(stmt) => crate::activate::syncs::execute(session, stmt).await,
+        TallyStatement::Route(stmt) => crate::route::statements::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

@@ -50,6 +50,8 @@ pub enum TallyStatement {
     Activate(crate::activate::statements::ActivateStatement),
     /// `CREATE SYNC ... AS COPY ...`, `RUN SYNC`, `DROP SYNC`.
     Sync(crate::activate::syncs::SyncStatement),
+    /// `CREATE | ALTER | DROP | REPLAY ROUTE`.
+    Route(crate::route::statements::RouteStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -149,6 +151,9 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
         || (w(0) == "COPY" && crate::activate::statements::is_copy_to_destination(text))
     {
         return crate::activate::statements::parse(text).map(TallyStatement::Activate);
+    }
+    if w(1) == "ROUTE" && matches!(w(0), "CREATE" | "ALTER" | "DROP" | "REPLAY") {
+        return crate::route::statements::parse(text).map(TallyStatement::Route);
     }
     if w(1) == "SYNC" && matches!(w(0), "CREATE" | "RUN" | "DROP") {
         return crate::activate::syncs::parse(text).map(TallyStatement::Sync);

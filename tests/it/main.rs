@@ -7,6 +7,7 @@ mod common;
 mod identity;
 mod identity_graph;
 mod persistence;
+mod routes;
 mod slt;
 mod streams;
 mod wire;
