@@ -12,6 +12,7 @@
 //! - [`collect`]: the Segment/RudderStack-compatible tracking API, its write-ahead log and flusher.
 //! - [`identity`]: persisted identity graphs (`CREATE/REFRESH IDENTITY GRAPH`) over `identity_stitch`.
 //! - [`activate`]: destinations (`CREATE DESTINATION`), `COPY ... TO DESTINATION` and the delivery engine.
+//! - [`models`]: `tally models`, the dbt-style model runner (embedded or against a server).
 
 pub mod activate;
 pub mod catalog;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod identity;
+pub mod models;
 pub mod server;
 pub mod statements;
 pub mod storage;
