@@ -109,7 +109,9 @@ pub async fn run(args: &ModelsArgs, executor: Option<Arc<dyn Executor>>) -> Resu
         Action::Compile => Command::Compile,
     };
     let Some(executor) = executor else {
-        return Err(ModelError::Connect("no warehouse: give --data or --url".into()));
+        return Err(ModelError::Connect(
+            "no warehouse: give --data or --url".into(),
+        ));
     };
     let console = Arc::new(Console::new());
     let report = runner::run(project, executor, command, options, console.clone()).await?;

@@ -155,6 +155,9 @@ mod tests {
             position: Some(12),
         };
         assert_eq!(e.line_in("select 1\nfrom nope"), Some(2));
-        assert_eq!(Location::line("models/a.sql", Some(3)).to_string(), "models/a.sql:3");
+        assert_eq!(
+            Location::line("models/a.sql", Some(3)).to_string(),
+            "models/a.sql:3"
+        );
     }
 }

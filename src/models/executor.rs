@@ -201,27 +201,35 @@ impl Drop for RemoteConnection {
 impl Connection for RemoteConnection {
     async fn execute(&mut self, sql: &str) -> std::result::Result<StatementResult, SqlError> {
         use tokio_postgres::SimpleQueryMessage as M;
-        let messages = self.client.simple_query(sql).await.map_err(|e| match e.as_db_error() {
-            Some(db) => SqlError {
-                message: db.message().to_string(),
-                sqlstate: db.code().code().to_string(),
-                position: match db.position() {
-                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p as usize),
-                    _ => None,
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => SqlError {
+                    message: db.message().to_string(),
+                    sqlstate: db.code().code().to_string(),
+                    position: match db.position() {
+                        Some(tokio_postgres::error::ErrorPosition::Original(p)) => {
+                            Some(*p as usize)
+                        }
+                        _ => None,
+                    },
                 },
-            },
-            None => SqlError {
-                message: e.to_string(),
-                sqlstate: "08006".into(),
-                position: None,
-            },
-        })?;
+                None => SqlError {
+                    message: e.to_string(),
+                    sqlstate: "08006".into(),
+                    position: None,
+                },
+            })?;
         let mut result = StatementResult::default();
         for m in messages {
             match m {
-                M::Row(row) => result
-                    .rows
-                    .push((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect()),
+                M::Row(row) => result.rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                ),
                 M::CommandComplete(n) => result.affected = Some(n),
                 _ => {}
             }

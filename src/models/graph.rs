@@ -57,7 +57,10 @@ impl Graph {
         }
         if order.len() < n {
             let cycle = find_cycle(&parents, &pending);
-            let names: Vec<&str> = cycle.iter().map(|&i| project.nodes[i].name.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| project.nodes[i].name.as_str())
+                .collect();
             let mut files: Vec<&str> = cycle
                 .iter()
                 .take(cycle.len().saturating_sub(1))
@@ -146,7 +149,12 @@ fn find_cycle(parents: &[Vec<usize>], pending: &[usize]) -> Vec<usize> {
 /// Splits selector arguments (`--select a,b "c d"`) into single selectors.
 fn tokens(args: &[String]) -> Vec<String> {
     args.iter()
-        .flat_map(|a| a.split([',', ' ']).map(str::trim).map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|a| {
+            a.split([',', ' '])
+                .map(str::trim)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|s| !s.is_empty())
         .collect()
 }
@@ -184,7 +192,9 @@ fn matches_method(project: &Project, i: usize, method: &str) -> Result<bool> {
         node.path == p || node.path.starts_with(&format!("{p}/")) || glob(p, &node.path)
     } else if let Some(s) = method.strip_prefix("source:") {
         let (src, table) = s.split_once('.').unwrap_or((s, "*"));
-        node.sources.iter().any(|(a, b)| glob(src, a) && glob(table, b))
+        node.sources
+            .iter()
+            .any(|(a, b)| glob(src, a) && glob(table, b))
     } else if let Some(m) = method.strip_prefix("config.materialized:") {
         glob(m, node.config.materialized.as_str())
     } else if let Some(n) = method.strip_prefix("fqn:") {
@@ -245,7 +255,10 @@ pub fn select(
         let mut out = BTreeSet::new();
         for s in &sel {
             let hit = select_one(project, graph, s)?;
-            let is_test = project.tests.iter().any(|t| glob(s.trim_matches('+'), &t.name));
+            let is_test = project
+                .tests
+                .iter()
+                .any(|t| glob(s.trim_matches('+'), &t.name));
             if hit.is_empty() && !is_test {
                 return Err(ModelError::Selector {
                     selector: s.clone(),
@@ -291,14 +304,19 @@ pub fn selected_tests(
             if sel.iter().any(|s| glob(s, &t.name)) {
                 return true;
             }
-            let reads: Vec<usize> = t.refs.iter().filter_map(|r| index.get(r.as_str()).copied()).collect();
+            let reads: Vec<usize> = t
+                .refs
+                .iter()
+                .filter_map(|r| index.get(r.as_str()).copied())
+                .collect();
             if reads.is_empty() {
                 // Source-only tests belong to whoever selects everything.
                 return sel.is_empty()
                     || sel.iter().any(|s| {
-                        t.sources
-                            .iter()
-                            .any(|(a, b)| s.strip_prefix("source:").is_some_and(|x| glob(x, a) || glob(x, &format!("{a}.{b}"))))
+                        t.sources.iter().any(|(a, b)| {
+                            s.strip_prefix("source:")
+                                .is_some_and(|x| glob(x, a) || glob(x, &format!("{a}.{b}")))
+                        })
                     });
             }
             reads.iter().all(|i| selected.contains(i))

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use minijinja::value::{Kwargs, Object, Serde, Value};
+use minijinja::value::{Kwargs, Object, Rest, Serde, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind};
 use serde_json::{Map, Value as Json};
 
@@ -171,7 +171,10 @@ fn environment<'s>(input: &RenderInput, captured: &Arc<Mutex<Captured>>) -> Envi
     let resolver = input.resolver.clone();
     env.add_function(
         "ref",
-        move |a: String, b: Option<String>, _kw: Kwargs| -> std::result::Result<Value, minijinja::Error> {
+        move |a: String,
+              b: Option<String>,
+              _kw: Kwargs|
+              -> std::result::Result<Value, minijinja::Error> {
             // ref('package', 'model') names the model last.
             let name = b.unwrap_or(a);
             if let Ok(mut c) = c.lock() {
@@ -179,12 +182,16 @@ fn environment<'s>(input: &RenderInput, captured: &Arc<Mutex<Captured>>) -> Envi
             }
             match &resolver {
                 None => Ok(Value::from(format!("__ref_{name}"))),
-                Some(r) => r.refs.get(&name).map(|s| Value::from(s.clone())).ok_or_else(|| {
-                    minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        format!("ref('{name}') names no model or seed of this project"),
-                    )
-                }),
+                Some(r) => r
+                    .refs
+                    .get(&name)
+                    .map(|s| Value::from(s.clone()))
+                    .ok_or_else(|| {
+                        minijinja::Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!("ref('{name}') names no model or seed of this project"),
+                        )
+                    }),
             }
         },
     );
@@ -238,10 +245,12 @@ fn environment<'s>(input: &RenderInput, captured: &Arc<Mutex<Captured>>) -> Envi
     let vars = input.vars.clone();
     env.add_function(
         "var",
-        move |name: String, default: Option<Value>| -> std::result::Result<Value, minijinja::Error> {
+        // `Rest` rather than `Option`: minijinja turns an explicit `none` default into a
+        // missing argument, and `var('x', none)` is a common way to make a var optional.
+        move |name: String, rest: Rest<Value>| -> std::result::Result<Value, minijinja::Error> {
             match vars.get(&name) {
                 Some(v) => Ok(Value::from(Serde(v.clone()))),
-                None => default.ok_or_else(|| {
+                None => rest.first().cloned().ok_or_else(|| {
                     minijinja::Error::new(
                         ErrorKind::InvalidOperation,
                         format!("required var '{name}' not found: set it under vars: in dbt_project.yml or pass --vars"),
@@ -253,10 +262,10 @@ fn environment<'s>(input: &RenderInput, captured: &Arc<Mutex<Captured>>) -> Envi
 
     env.add_function(
         "env_var",
-        |name: String, default: Option<Value>| -> std::result::Result<Value, minijinja::Error> {
+        |name: String, rest: Rest<Value>| -> std::result::Result<Value, minijinja::Error> {
             match std::env::var(&name) {
                 Ok(v) => Ok(Value::from(v)),
-                Err(_) => default.ok_or_else(|| {
+                Err(_) => rest.first().cloned().ok_or_else(|| {
                     minijinja::Error::new(
                         ErrorKind::InvalidOperation,
                         format!("env var '{name}' is not set and has no default"),
@@ -309,7 +318,8 @@ mod tests {
     #[test]
     fn compiles_names_and_vars() {
         let mut r = Resolver::default();
-        r.refs.insert("a".into(), Relation::new("s", "a").to_string());
+        r.refs
+            .insert("a".into(), Relation::new("s", "a").to_string());
         let mut vars = Map::new();
         vars.insert("gap".into(), Json::from(30));
         let input = RenderInput {
@@ -321,7 +331,7 @@ mod tests {
         };
         let (sql, _) = render(
             "m.sql",
-            "select {{ var('gap') }}, {{ var('x', 'd') }} from {{ ref('a') }}{% if is_incremental() %} -- {{ this }} {{ this.identifier }}{% endif %}",
+            "select {{ var('gap') }}, {{ var('x', 'd') }}{% if var('y', none) %}!{% endif %} from {{ ref('a') }}{% if is_incremental() %} -- {{ this }} {{ this.identifier }}{% endif %}",
             &input,
         )
         .expect("renders");
@@ -330,11 +340,19 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = render("models/bad.sql", "select 1\n{{ nope( }}", &RenderInput::default())
-            .expect_err("syntax error");
+        let err = render(
+            "models/bad.sql",
+            "select 1\n{{ nope( }}",
+            &RenderInput::default(),
+        )
+        .expect_err("syntax error");
         assert!(err.to_string().starts_with("models/bad.sql:2:"), "{err}");
-        let err = render("models/v.sql", "\n\nselect {{ var('missing') }}", &RenderInput::default())
-            .expect_err("missing var");
+        let err = render(
+            "models/v.sql",
+            "\n\nselect {{ var('missing') }}",
+            &RenderInput::default(),
+        )
+        .expect_err("missing var");
         assert!(err.to_string().starts_with("models/v.sql:3:"), "{err}");
         assert!(err.to_string().contains("missing"), "{err}");
     }

@@ -8,8 +8,9 @@
 //!   tables by name, so views over the model keep working across the swap.
 //! - `incremental`: the first run (or `--full-refresh`) builds a table; later runs render with
 //!   `is_incremental()` true into a temporary table, then `append` inserts it, `merge` runs
-//!   `MERGE INTO` on `unique_key`, and `delete+insert` deletes the matching keys and inserts,
-//!   inside one transaction.
+//!   `MERGE INTO` on `unique_key`, and `delete+insert` (also the fallback where MERGE is
+//!   missing) rebuilds the table from its rows without the new keys plus the new rows and
+//!   swaps it in like a table.
 //! - `ephemeral`: nothing here; dependants inline it as a CTE.
 
 use super::error::SqlError;
@@ -127,7 +128,10 @@ pub fn backup_of(r: &Relation) -> Relation {
 /// atomically.
 pub fn swap_sql(target: &Relation, tmp: &Relation, existing: Option<Existing>) -> Vec<String> {
     let rename = |from: &Relation, to: &Relation| {
-        format!("ALTER TABLE {from} RENAME TO {}", quote_ident(&to.identifier))
+        format!(
+            "ALTER TABLE {from} RENAME TO {}",
+            quote_ident(&to.identifier)
+        )
     };
     match existing {
         None => vec![rename(tmp, target)],
@@ -155,7 +159,12 @@ pub fn insert_sql(target: &Relation, source: &str, columns: &[String]) -> String
 pub fn merge_sql(target: &Relation, source: &str, columns: &[String], keys: &[String]) -> String {
     let on: Vec<String> = keys
         .iter()
-        .map(|k| format!("dbt_internal_dest.{k} = dbt_internal_source.{k}", k = quote_ident(k)))
+        .map(|k| {
+            format!(
+                "dbt_internal_dest.{k} = dbt_internal_source.{k}",
+                k = quote_ident(k)
+            )
+        })
         .collect();
     let set: Vec<String> = columns
         .iter()
@@ -180,22 +189,35 @@ pub fn merge_sql(target: &Relation, source: &str, columns: &[String], keys: &[St
     )
 }
 
-/// `DELETE FROM target WHERE (keys) IN (SELECT keys FROM source)`, as one IN per key for a
-/// single key, and a row comparison for several.
-pub fn delete_matching_sql(target: &Relation, source: &str, keys: &[String]) -> String {
-    if let [k] = keys {
-        let k = quote_ident(k);
-        format!("DELETE FROM {target} WHERE {k} IN (SELECT {k} FROM {source})")
-    } else {
-        let cond: Vec<String> = keys
-            .iter()
-            .map(|k| format!("dbt_internal_source.{q} = {target}.{q}", q = quote_ident(k)))
-            .collect();
-        format!(
-            "DELETE FROM {target} WHERE EXISTS (SELECT 1 FROM {source} AS dbt_internal_source WHERE {})",
-            cond.join(" AND ")
-        )
-    }
+/// delete+insert as a rebuild: `CREATE TABLE <into> AS` the target's rows whose keys are not
+/// in `source`, plus every row of `source`; the runner then swaps it in like a table.
+///
+/// Why not `DELETE ... WHERE key IN (SELECT ...)`: tally hands DELETE's filters to delta-rs,
+/// and DataFusion turns an IN/EXISTS subquery into a join, so the filter never arrives and
+/// the DELETE removes every row. A rebuild costs a rewrite of the table but is correct and
+/// atomic (one swap), and MERGE is used instead wherever the engine has it.
+pub fn rebuild_sql(
+    into: &Relation,
+    target: &Relation,
+    source: &str,
+    columns: &[String],
+    keys: &[String],
+) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let cols = cols.join(", ");
+    let cond: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "dbt_internal_source.{q} = dbt_internal_dest.{q}",
+                q = quote_ident(k)
+            )
+        })
+        .collect();
+    format!(
+        "CREATE TABLE {into} AS\nSELECT {cols} FROM {target} AS dbt_internal_dest WHERE NOT EXISTS (SELECT 1 FROM {source} AS dbt_internal_source WHERE {})\nUNION ALL\nSELECT {cols} FROM {source}",
+        cond.join(" AND ")
+    )
 }
 
 /// Puts the CTEs of ephemeral models in front of a query, joining an existing `WITH` the way
@@ -216,7 +238,9 @@ pub fn inject_ctes(sql: &str, ctes: &[(String, String)]) -> String {
     if is_with {
         let after = rest[4..].trim_start();
         let lower_after = after.to_ascii_lowercase();
-        if lower_after.starts_with("recursive") && lower_after[9..].starts_with(|c: char| c.is_whitespace()) {
+        if lower_after.starts_with("recursive")
+            && lower_after[9..].starts_with(|c: char| c.is_whitespace())
+        {
             return format!("{head}WITH RECURSIVE {defs}, {}", after[9..].trim_start());
         }
         format!("{head}WITH {defs}, {after}")
@@ -293,6 +317,8 @@ mod tests {
         );
         assert!(sql.contains("ON dbt_internal_dest.\"id\" = dbt_internal_source.\"id\""));
         assert!(sql.contains("UPDATE SET \"v\" = dbt_internal_source.\"v\""));
-        assert!(sql.contains("INSERT (\"id\", \"v\") VALUES (dbt_internal_source.\"id\", dbt_internal_source.\"v\")"));
+        assert!(sql.contains(
+            "INSERT (\"id\", \"v\") VALUES (dbt_internal_source.\"id\", dbt_internal_source.\"v\")"
+        ));
     }
 }

@@ -57,7 +57,10 @@ pub fn list(project: &Project, options: &RunOptions) -> Result<Vec<String>> {
     }
     for t in graph::selected_tests(project, &selected, &options.select, &options.exclude) {
         let t = &project.tests[t];
-        out.push(format!("{:<11} {:<40} {:<50} {}", "test", t.name, "", t.path));
+        out.push(format!(
+            "{:<11} {:<40} {:<50} {}",
+            "test", t.name, "", t.path
+        ));
     }
     Ok(out)
 }

@@ -653,7 +653,10 @@ fn is_config_entry(key: &str, value: &Json) -> Option<String> {
     if CONFIG_KEYS.contains(&key) && !value.is_object() {
         return Some(key.replace('-', "_"));
     }
-    if matches!(key, "column_types" | "meta" | "docs" | "persist_docs" | "grants") {
+    if matches!(
+        key,
+        "column_types" | "meta" | "docs" | "persist_docs" | "grants"
+    ) {
         return Some(key.to_string());
     }
     None
@@ -796,7 +799,8 @@ fn line_of_call(raw: &str, func: &str, name: &str) -> Option<usize> {
             if let Some(args) = args.strip_prefix('(') {
                 let close = args.find(')').unwrap_or(args.len());
                 let inside = &args[..close];
-                if inside.contains(&format!("'{name}'")) || inside.contains(&format!("\"{name}\"")) {
+                if inside.contains(&format!("'{name}'")) || inside.contains(&format!("\"{name}\""))
+                {
                     return Some(i + 1);
                 }
             }
@@ -819,10 +823,7 @@ mod tests {
                 "marts": {"+materialized": "table", "tags": "nightly", "orders": {"+alias": "o"}}
             }
         });
-        let c = tree_config(
-            &tree,
-            &["shop".into(), "marts".into(), "orders".into()],
-        );
+        let c = tree_config(&tree, &["shop".into(), "marts".into(), "orders".into()]);
         assert_eq!(c["materialized"], "table");
         assert_eq!(c["alias"], "o");
         assert_eq!(c["tags"], serde_json::json!(["all", "nightly"]));

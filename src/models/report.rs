@@ -143,7 +143,11 @@ pub fn summary_text(report: &RunReport) -> String {
     }
     out.push_str(&format!(
         "\n{}: {} in {}\n",
-        if report.success() { "Done" } else { "Finished with problems" },
+        if report.success() {
+            "Done"
+        } else {
+            "Finished with problems"
+        },
         parts.join(", "),
         secs(report.elapsed)
     ));

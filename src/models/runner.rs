@@ -252,7 +252,14 @@ pub async fn run(
             if let Some(reason) = blocked[u].clone() {
                 let result = skipped(&ctx, units[u], reason);
                 observer.finished(&result);
-                settle(u, &result, &dependants, &mut pending, &mut blocked, &mut ready);
+                settle(
+                    u,
+                    &result,
+                    &dependants,
+                    &mut pending,
+                    &mut blocked,
+                    &mut ready,
+                );
                 report.results.push(result);
                 done += 1;
                 continue;
@@ -278,10 +285,18 @@ pub async fn run(
         let Some(joined) = running.join_next().await else {
             break;
         };
-        let (u, result, conn) = joined.map_err(|e| ModelError::Connect(format!("worker failed: {e}")))?;
+        let (u, result, conn) =
+            joined.map_err(|e| ModelError::Connect(format!("worker failed: {e}")))?;
         pool.push(conn);
         observer.finished(&result);
-        settle(u, &result, &dependants, &mut pending, &mut blocked, &mut ready);
+        settle(
+            u,
+            &result,
+            &dependants,
+            &mut pending,
+            &mut blocked,
+            &mut ready,
+        );
         report.results.push(result);
         done += 1;
     }
@@ -353,7 +368,12 @@ fn plan_units(
 }
 
 /// For each unit, the units it waits for.
-fn unit_deps(project: &Project, graph: &Graph, command: Command, units: &[Unit]) -> Vec<Vec<usize>> {
+fn unit_deps(
+    project: &Project,
+    graph: &Graph,
+    command: Command,
+    units: &[Unit],
+) -> Vec<Vec<usize>> {
     let pos: HashMap<Unit, usize> = units.iter().enumerate().map(|(i, &u)| (u, i)).collect();
     let index: HashMap<&str, usize> = project
         .nodes
@@ -454,8 +474,11 @@ async fn prepare(ctx: &Ctx, conn: &mut dyn Connection, units: &[Unit]) -> Result
     }
     if ctx.command != Command::Compile {
         for s in &schemas {
-            conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", jinja::quote_ident(s)))
-                .await?;
+            conn.execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                jinja::quote_ident(s)
+            ))
+            .await?;
         }
     }
     if schemas.is_empty() {
@@ -518,7 +541,10 @@ impl Ctx {
         is_incremental: bool,
     ) -> Result<String> {
         let (sql, _) = jinja::render(path, raw, &self.render_input(this, is_incremental))?;
-        Ok(materialize::inject_ctes(&clean(&sql), &self.ctes_for(refs)?))
+        Ok(materialize::inject_ctes(
+            &clean(&sql),
+            &self.ctes_for(refs)?,
+        ))
     }
 
     /// The CTEs of the ephemeral models reachable from `refs` through ephemeral refs,
@@ -534,8 +560,11 @@ impl Ctx {
         let mut ctes = Vec::new();
         for i in order {
             let n = &self.project.nodes[i];
-            let (text, _) =
-                jinja::render(&n.path, &n.raw, &self.render_input(Some(n.relation.clone()), false))?;
+            let (text, _) = jinja::render(
+                &n.path,
+                &n.raw,
+                &self.render_input(Some(n.relation.clone()), false),
+            )?;
             ctes.push((cte_name(&n.name), clean(&text)));
         }
         Ok(ctes)
@@ -713,6 +742,21 @@ fn named_line(raw: &str, message: &str) -> Option<usize> {
             }
         }
     }
+    // DataFusion's "No field named nope." names columns without quotes.
+    for marker in ["named ", "column "] {
+        let mut rest = message;
+        while let Some(at) = rest.find(marker) {
+            rest = &rest[at + marker.len()..];
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            let word = word.trim_end_matches('.');
+            if !word.is_empty() {
+                names.push(word.rsplit('.').next().unwrap_or(word).to_string());
+            }
+        }
+    }
     for name in names {
         let hits: Vec<usize> = raw
             .lines()
@@ -751,7 +795,13 @@ async fn compile_only(ctx: &Ctx, _conn: &mut dyn Connection, i: usize) -> Result
         && ctx.existing(&n.relation) == Some(Existing::Table)
         && !ctx.options.full_refresh;
     let sql = ctx
-        .compile(&n.path, &n.raw, &n.refs, Some(n.relation.clone()), incremental)
+        .compile(
+            &n.path,
+            &n.raw,
+            &n.refs,
+            Some(n.relation.clone()),
+            incremental,
+        )
         .map_err(|e| e.to_string())?;
     ctx.write_target("compiled", &n.path, &sql);
     Ok(Outcome {
@@ -821,7 +871,10 @@ async fn build_model(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<O
                 }
                 _ => {
                     steps
-                        .run(&format!("CREATE OR REPLACE VIEW {rel} AS\n{compiled}"), Some(1))
+                        .run(
+                            &format!("CREATE OR REPLACE VIEW {rel} AS\n{compiled}"),
+                            Some(1),
+                        )
                         .await
                         .map_err(fail)?;
                 }
@@ -836,7 +889,9 @@ async fn build_model(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<O
             Some(rows)
         }
         Materialized::Incremental => {
-            let rows = build_incremental(&mut steps, n, &compiled).await.map_err(fail)?;
+            let rows = build_incremental(ctx, &mut steps, n, &compiled)
+                .await
+                .map_err(fail)?;
             Some(rows)
         }
         Materialized::Ephemeral | Materialized::Seed | Materialized::Table => None,
@@ -856,7 +911,9 @@ async fn build_table(
 ) -> Result<u64, StepError> {
     let tmp = materialize::tmp_of(rel);
     if let Some(kind) = ctx.existing(&tmp) {
-        steps.run(&format!("DROP {} IF EXISTS {tmp}", kind.keyword()), None).await?;
+        steps
+            .run(&format!("DROP {} IF EXISTS {tmp}", kind.keyword()), None)
+            .await?;
         ctx.set_existing(&tmp, None);
     }
     let created = steps
@@ -876,7 +933,9 @@ async fn swap(
     for s in materialize::swap_sql(rel, tmp, existing) {
         if let Err(e) = steps.run(&s, None).await {
             // Leave no half-built table behind for the next run to trip over.
-            let _ = steps.run(&format!("DROP TABLE IF EXISTS {tmp}"), None).await;
+            let _ = steps
+                .run(&format!("DROP TABLE IF EXISTS {tmp}"), None)
+                .await;
             return Err(e);
         }
     }
@@ -885,6 +944,7 @@ async fn swap(
 }
 
 async fn build_incremental(
+    ctx: &Ctx,
     steps: &mut Steps<'_>,
     n: &super::project::Node,
     compiled: &str,
@@ -892,14 +952,20 @@ async fn build_incremental(
     let rel = &n.relation;
     let tmp = jinja::quote_ident(&format!("{}__dbt_tmp", rel.identifier));
     steps
-        .run(&format!("CREATE TEMPORARY TABLE {tmp} AS\n{compiled}"), Some(1))
+        .run(
+            &format!("CREATE TEMPORARY TABLE {tmp} AS\n{compiled}"),
+            Some(1),
+        )
         .await?;
-    let result = incremental_apply(steps, n, &tmp).await;
-    let _ = steps.run(&format!("DROP TABLE IF EXISTS {tmp}"), None).await;
+    let result = incremental_apply(ctx, steps, n, &tmp).await;
+    let _ = steps
+        .run(&format!("DROP TABLE IF EXISTS {tmp}"), None)
+        .await;
     result
 }
 
 async fn incremental_apply(
+    ctx: &Ctx,
     steps: &mut Steps<'_>,
     n: &super::project::Node,
     tmp: &str,
@@ -924,7 +990,10 @@ async fn incremental_apply(
     let explicit = n.config.incremental_strategy.is_some();
     match strategy.as_str() {
         "merge" if !keys.is_empty() => {
-            match steps.run(&materialize::merge_sql(rel, tmp, &columns, keys), None).await {
+            match steps
+                .run(&materialize::merge_sql(rel, tmp, &columns, keys), None)
+                .await
+            {
                 Ok(r) => return Ok(r.affected.unwrap_or(0)),
                 // An engine without MERGE gets delete+insert, unless MERGE was asked for.
                 Err(e) if !explicit && matches!(e.error.sqlstate.as_str(), "0A000" | "42601") => {
@@ -932,28 +1001,49 @@ async fn incremental_apply(
                 }
                 Err(e) => return Err(e),
             }
-            delete_insert(steps, rel, tmp, &columns, keys).await
+            delete_insert(ctx, steps, rel, tmp, &columns, keys).await
         }
-        "delete+insert" if !keys.is_empty() => delete_insert(steps, rel, tmp, &columns, keys).await,
+        "delete+insert" if !keys.is_empty() => {
+            delete_insert(ctx, steps, rel, tmp, &columns, keys).await
+        }
         _ => {
-            let r = steps.run(&materialize::insert_sql(rel, tmp, &columns), None).await?;
+            let r = steps
+                .run(&materialize::insert_sql(rel, tmp, &columns), None)
+                .await?;
             Ok(r.affected.unwrap_or(0))
         }
     }
 }
 
+/// Replaces the rows whose keys are in `tmp` and adds the new ones, as a rebuild swapped in
+/// atomically (see [`materialize::rebuild_sql`]); returns the rows taken from `tmp`.
 async fn delete_insert(
+    ctx: &Ctx,
     steps: &mut Steps<'_>,
     rel: &Relation,
     tmp: &str,
     columns: &[String],
     keys: &[String],
 ) -> Result<u64, StepError> {
-    steps.run("BEGIN", None).await?;
-    steps.run(&materialize::delete_matching_sql(rel, tmp, keys), None).await?;
-    let r = steps.run(&materialize::insert_sql(rel, tmp, columns), None).await?;
-    steps.run("COMMIT", None).await?;
-    Ok(r.affected.unwrap_or(0))
+    let staged = materialize::tmp_of(rel);
+    if let Some(kind) = ctx.existing(&staged) {
+        steps
+            .run(&format!("DROP {} IF EXISTS {staged}", kind.keyword()), None)
+            .await?;
+        ctx.set_existing(&staged, None);
+    }
+    steps
+        .run(
+            &materialize::rebuild_sql(&staged, rel, tmp, columns, keys),
+            None,
+        )
+        .await?;
+    swap(ctx, steps, rel, &staged, Some(Existing::Table)).await?;
+    let n = steps.query(&format!("SELECT count(*) FROM {tmp}")).await?;
+    Ok(n.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 async fn build_seed(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<Outcome, String> {
@@ -971,14 +1061,21 @@ async fn build_seed(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<Ou
             .map_err(fail)?;
         ctx.set_existing(&tmp, None);
     }
-    steps.run(&data.create_sql(&tmp.to_string()), None).await.map_err(fail)?;
+    steps
+        .run(&data.create_sql(&tmp.to_string()), None)
+        .await
+        .map_err(fail)?;
     for ins in data.insert_sql(&tmp.to_string()) {
         if let Err(e) = steps.run(&ins, None).await {
-            let _ = steps.run(&format!("DROP TABLE IF EXISTS {tmp}"), None).await;
+            let _ = steps
+                .run(&format!("DROP TABLE IF EXISTS {tmp}"), None)
+                .await;
             return Err(fail(e));
         }
     }
-    swap(ctx, &mut steps, rel, &tmp, existing).await.map_err(fail)?;
+    swap(ctx, &mut steps, rel, &tmp, existing)
+        .await
+        .map_err(fail)?;
     Ok(Outcome::built(Some(data.rows.len() as u64)))
 }
 
@@ -986,7 +1083,12 @@ async fn run_test(ctx: &Ctx, conn: &mut dyn Connection, t: usize) -> Result<Outc
     let test = &ctx.project.tests[t];
     let rel_of = |target: &Target| -> String {
         match target {
-            Target::Node(n) => ctx.resolver.refs.get(n).cloned().unwrap_or_else(|| n.clone()),
+            Target::Node(n) => ctx
+                .resolver
+                .refs
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| n.clone()),
             Target::Source(s, tb) => ctx
                 .resolver
                 .sources
@@ -1065,5 +1167,12 @@ mod tests {
         assert_eq!(source_line(raw, compiled, 3), Some(3));
         assert_eq!(named_line(raw, "column \"nope\" not found"), Some(3));
         assert_eq!(named_line(raw, "no such thing"), None);
+        assert_eq!(
+            named_line(
+                raw,
+                "Schema error: No field named nope.\nValid fields are g.x."
+            ),
+            Some(3)
+        );
     }
 }

@@ -154,7 +154,11 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
     let (test, args): (String, Map<String, Json>) = match spec {
         Json::String(s) => (s.clone(), Map::new()),
         Json::Object(m) if m.len() == 1 => {
-            let (k, v) = m.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap_or_default();
+            let (k, v) = m
+                .iter()
+                .next()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .unwrap_or_default();
             (k, v.as_object().cloned().unwrap_or_default())
         }
         Json::Object(m) => {
@@ -186,9 +190,11 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
         .and_then(Json::as_str)
         .is_some_and(|s| s.eq_ignore_ascii_case("warn"));
     let where_clause = get("where").and_then(Json::as_str).map(str::to_string);
-    let column = column
-        .map(str::to_string)
-        .or_else(|| args.get("column_name").and_then(Json::as_str).map(str::to_string));
+    let column = column.map(str::to_string).or_else(|| {
+        args.get("column_name")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+    });
     let need_column = |test: &str| -> Result<String> {
         column.clone().ok_or_else(|| ModelError::Yaml {
             at: Location::file(path),
@@ -205,11 +211,17 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
     let (name, kind) = match test.as_str() {
         "unique" => {
             let column = need_column("unique")?;
-            (format!("unique_{label}_{}", slug(&column)), TestKind::Unique { column })
+            (
+                format!("unique_{label}_{}", slug(&column)),
+                TestKind::Unique { column },
+            )
         }
         "not_null" => {
             let column = need_column("not_null")?;
-            (format!("not_null_{label}_{}", slug(&column)), TestKind::NotNull { column })
+            (
+                format!("not_null_{label}_{}", slug(&column)),
+                TestKind::NotNull { column },
+            )
         }
         "accepted_values" => {
             let column = need_column("accepted_values")?;
@@ -228,7 +240,11 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
                 .collect();
             let quote = args.get("quote").and_then(Json::as_bool).unwrap_or(true);
             (
-                format!("accepted_values_{label}_{}__{}", slug(&column), slug(&values.join("__"))),
+                format!(
+                    "accepted_values_{label}_{}__{}",
+                    slug(&column),
+                    slug(&values.join("__"))
+                ),
                 TestKind::AcceptedValues {
                     column,
                     values,
@@ -291,7 +307,12 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
 /// The query counting a generic test's failures, given the tested relation and (for
 /// relationships) the parent relation, both as SQL text. Singular tests are wrapped by the
 /// runner after rendering.
-pub fn failures_sql(kind: &TestKind, relation: &str, parent: Option<&str>, where_clause: Option<&str>) -> String {
+pub fn failures_sql(
+    kind: &TestKind,
+    relation: &str,
+    parent: Option<&str>,
+    where_clause: Option<&str>,
+) -> String {
     let model = match where_clause {
         Some(w) => format!("(SELECT * FROM {relation} WHERE {w}) AS dbt_subquery"),
         None => relation.to_string(),
@@ -322,7 +343,10 @@ pub fn failures_sql(kind: &TestKind, relation: &str, parent: Option<&str>, where
             parent.unwrap_or("NULL")
         ),
         TestKind::Singular { sql } => {
-            format!("SELECT count(*) AS failures FROM ({}) AS dbt_internal_test", sql.trim().trim_end_matches(';'))
+            format!(
+                "SELECT count(*) AS failures FROM ({}) AS dbt_internal_test",
+                sql.trim().trim_end_matches(';')
+            )
         }
     }
 }
@@ -339,8 +363,13 @@ mod tests {
                 {"name": "customer_id", "tests": [{"relationships": {"to": "ref('customers')", "field": "id"}}]}]"#,
         )
         .expect("json");
-        let t = from_properties(&Target::Node("orders".into()), "models/schema.yml", &cols, &[])
-            .expect("tests");
+        let t = from_properties(
+            &Target::Node("orders".into()),
+            "models/schema.yml",
+            &cols,
+            &[],
+        )
+        .expect("tests");
         let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,

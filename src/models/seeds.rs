@@ -41,7 +41,10 @@ fn infer_value(v: &str) -> Inferred {
     if v.parse::<i64>().is_ok() {
         return Inferred::Integer;
     }
-    if v.parse::<f64>().is_ok() && v.chars().any(|c| c.is_ascii_digit()) && !v.contains(['i', 'I', 'n', 'N']) {
+    if v.parse::<f64>().is_ok()
+        && v.chars().any(|c| c.is_ascii_digit())
+        && !v.contains(['i', 'I', 'n', 'N'])
+    {
         return Inferred::Float;
     }
     if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
@@ -140,7 +143,16 @@ fn literal(value: &str, ty: &str) -> String {
         "bigint" | "double precision" => value.trim().to_string(),
         "boolean" => value.trim().to_ascii_uppercase(),
         "date" => format!("DATE {}", quote_literal(value.trim())),
-        "timestamp" => format!("TIMESTAMP {}", quote_literal(&value.trim().replace('T', " ").trim_end_matches('Z').to_string())),
+        "timestamp" => format!(
+            "TIMESTAMP {}",
+            quote_literal(
+                &value
+                    .trim()
+                    .replace('T', " ")
+                    .trim_end_matches('Z')
+                    .to_string()
+            )
+        ),
         "text" => quote_literal(value),
         other => format!("CAST({} AS {other})", quote_literal(value)),
     }
@@ -198,12 +210,23 @@ mod tests {
         let s = parse("seeds/p.csv", csv, &BTreeMap::new()).expect("parses");
         assert_eq!(
             s.types,
-            vec!["bigint", "text", "double precision", "boolean", "date", "timestamp"]
+            vec![
+                "bigint",
+                "text",
+                "double precision",
+                "boolean",
+                "date",
+                "timestamp"
+            ]
         );
         let ins = s.insert_sql("\"public\".\"p\"");
         assert_eq!(ins.len(), 1);
         assert!(ins[0].contains("'O''Neil', NULL, FALSE"), "{}", ins[0]);
-        assert!(ins[0].contains("TIMESTAMP '2024-01-03 11:00:00'"), "{}", ins[0]);
+        assert!(
+            ins[0].contains("TIMESTAMP '2024-01-03 11:00:00'"),
+            "{}",
+            ins[0]
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `tally models`: the fixture dbt project (tests/dbt_project) built embedded and over the
+//! `tally models`: the fixture dbt project (tests/models_project) built embedded and over the
 //! wire, incremental models run twice, ephemeral inlining, schema tests passing and failing,
 //! selection, load errors naming files and lines, failures skipping dependants, and the
 //! shipped project (sql/models) sessionising collected-like events.
@@ -16,7 +16,7 @@ use tally::models::{
 use crate::common::TestServer;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbt_project")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models_project")
 }
 
 fn shipped() -> PathBuf {
@@ -79,7 +79,9 @@ async fn rows(exec: &Arc<dyn Executor>, sql: &str) -> Vec<Vec<Option<String>>> {
 
 async fn exec_ok(exec: &Arc<dyn Executor>, sql: &str) {
     let mut c = exec.connect().await.expect("connect");
-    c.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn status(report: &RunReport, name: &str) -> Status {
@@ -114,20 +116,23 @@ async fn build_fixture(exec: Arc<dyn Executor>) {
     assert_eq!(names.len(), 4, "ephemeral models are not built: {names:?}");
     assert!(!names.contains(&"paid_orders"));
     assert_eq!(report.get("customer_orders").and_then(|r| r.rows), Some(3));
-    assert_eq!(report.get("orders_incremental").and_then(|r| r.rows), Some(5));
+    assert_eq!(
+        report.get("orders_incremental").and_then(|r| r.rows),
+        Some(5)
+    );
 
     // The ephemeral model was inlined: returned and zero-amount orders are left out.
     let got = rows(
         &exec,
-        "SELECT name, order_count, revenue, last_order_at IS NULL FROM customer_orders ORDER BY customer_id",
+        "SELECT name, order_count, CAST(revenue * 100 AS bigint), CASE WHEN last_order_at IS NULL THEN 'none' ELSE 'some' END FROM customer_orders ORDER BY customer_id",
     )
     .await;
     assert_eq!(
         text(&got),
         vec![
-            vec!["Ann", "3", "37.75", "false"],
-            vec!["Bob", "1", "5.0", "false"],
-            vec!["Cid", "0", "0.0", "true"]
+            vec!["Ann", "3", "3775", "some"],
+            vec!["Bob", "1", "500", "some"],
+            vec!["Cid", "0", "0", "none"]
         ]
     );
     let kinds = rows(
@@ -137,13 +142,19 @@ async fn build_fixture(exec: Arc<dyn Executor>) {
     .await;
     assert_eq!(
         text(&kinds),
-        vec![vec!["customer_orders", "BASE TABLE"], vec!["stg_orders", "VIEW"]]
+        vec![
+            vec!["customer_orders", "BASE TABLE"],
+            vec!["stg_orders", "VIEW"]
+        ]
     );
 
     // Tests: everything passes but the deliberate not_null on Cid's missing last order.
     let tested = run(&project, &exec, Command::Test, &[]).await;
     assert!(!tested.success());
-    assert_eq!(status(&tested, "not_null_customer_orders_last_order_at"), Status::Fail);
+    assert_eq!(
+        status(&tested, "not_null_customer_orders_last_order_at"),
+        Status::Fail
+    );
     assert_eq!(
         tested
             .get("not_null_customer_orders_last_order_at")
@@ -174,7 +185,10 @@ async fn build_fixture(exec: Arc<dyn Executor>) {
     let again = run(&project, &exec, Command::Run, &["orders_incremental"]).await;
     assert!(again.success(), "{again:#?}");
     assert_eq!(again.results.len(), 1, "selection builds one model");
-    assert_eq!(again.get("orders_incremental").and_then(|r| r.rows), Some(2));
+    assert_eq!(
+        again.get("orders_incremental").and_then(|r| r.rows),
+        Some(2)
+    );
     let got = rows(
         &exec,
         "SELECT count(*), count(DISTINCT order_id), max(CASE WHEN order_id = 5 THEN status END) FROM orders_incremental",
@@ -225,7 +239,9 @@ async fn build_runs_seeds_models_and_tests_in_order() {
     assert!(!report.success());
     let summary = models::report::summary_text(&report);
     assert!(
-        summary.contains("FAIL  not_null_customer_orders_last_order_at: models/schema.yml: 1 failing row"),
+        summary.contains(
+            "FAIL  not_null_customer_orders_last_order_at: models/schema.yml: 1 failing row"
+        ),
         "{summary}"
     );
 }
@@ -247,7 +263,12 @@ fn selection() {
     down.sort();
     assert_eq!(
         down,
-        vec!["customer_orders", "orders_incremental", "paid_orders", "stg_orders"]
+        vec![
+            "customer_orders",
+            "orders_incremental",
+            "paid_orders",
+            "stg_orders"
+        ]
     );
     let mut up = names(&["+customer_orders"], &[]);
     up.sort();
@@ -266,7 +287,10 @@ fn selection() {
     tagged.sort();
     assert_eq!(tagged, vec!["customer_orders", "orders_incremental"]);
     assert_eq!(names(&["stg_*"], &["stg_orders"]), vec!["stg_customers"]);
-    assert_eq!(names(&["path:models/marts"], &["customer_orders"]), vec!["orders_incremental"]);
+    assert_eq!(
+        names(&["path:models/marts"], &["customer_orders"]),
+        vec!["orders_incremental"]
+    );
     let err = models::list(&project, &options(&["nope"])).expect_err("unknown selector");
     assert!(err.to_string().contains("nope"), "{err}");
 }
@@ -303,13 +327,19 @@ fn load_errors_name_the_file_and_line() {
     }
     assert!(!msg.contains("ok.sql"), "{msg}");
 
-    let missing = write_project(&[(
-        "models/orders.sql",
-        "select *\nfrom {{ ref('customers') }}\njoin {{ ref('nope') }} using (id)",
-    ), ("models/customers.sql", "select 1 as id")]);
+    let missing = write_project(&[
+        (
+            "models/orders.sql",
+            "select *\nfrom {{ ref('customers') }}\njoin {{ ref('nope') }} using (id)",
+        ),
+        ("models/customers.sql", "select 1 as id"),
+    ]);
     let err = Project::load(missing.path(), &LoadOptions::default()).expect_err("missing ref");
     assert!(matches!(err, ModelError::MissingRef { .. }), "{err}");
-    assert!(err.to_string().starts_with("models/orders.sql:3: "), "{err}");
+    assert!(
+        err.to_string().starts_with("models/orders.sql:3: "),
+        "{err}"
+    );
     assert!(err.to_string().contains("'nope'"), "{err}");
 
     let src = write_project(&[("models/m.sql", "select * from {{ source('web', 'pages') }}")]);
@@ -344,7 +374,10 @@ async fn a_failed_model_skips_its_dependants() {
         ),
         ("models/child.sql", "select * from {{ ref('broken') }}"),
         ("models/grandchild.sql", "select * from {{ ref('child') }}"),
-        ("models/sibling.sql", "select x + 1 as y from {{ ref('good') }}"),
+        (
+            "models/sibling.sql",
+            "select x + 1 as y from {{ ref('good') }}",
+        ),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let exec = embedded(dir.path()).await;
@@ -354,11 +387,17 @@ async fn a_failed_model_skips_its_dependants() {
     assert_eq!(status(&report, "good"), Status::Success);
     assert_eq!(status(&report, "sibling"), Status::Success);
     assert_eq!(status(&report, "broken"), Status::Error);
-    let msg = report.get("broken").and_then(|r| r.message.clone()).unwrap_or_default();
+    let msg = report
+        .get("broken")
+        .and_then(|r| r.message.clone())
+        .unwrap_or_default();
     assert!(msg.starts_with("models/broken.sql:3: "), "{msg}");
     for skipped in ["child", "grandchild"] {
         assert_eq!(status(&report, skipped), Status::Skipped);
-        let why = report.get(skipped).and_then(|r| r.message.clone()).unwrap_or_default();
+        let why = report
+            .get(skipped)
+            .and_then(|r| r.message.clone())
+            .unwrap_or_default();
         assert!(why.contains("broken"), "{skipped}: {why}");
     }
     // No half-built table is left behind.
@@ -411,7 +450,11 @@ async fn shipped_models_sessionise_collected_events() {
     collected_events(&exec).await;
     let project = load(&shipped(), Some("{source_schema: web}"));
     let report = run(&project, &exec, Command::Build, &[]).await;
-    assert!(report.success(), "{}", models::report::summary_text(&report));
+    assert!(
+        report.success(),
+        "{}",
+        models::report::summary_text(&report)
+    );
 
     let sessions = rows(
         &exec,
@@ -430,7 +473,7 @@ async fn shipped_models_sessionise_collected_events() {
     );
     let dau = rows(
         &exec,
-        "SELECT CAST(activity_date AS text), active_users FROM daily_active_users ORDER BY activity_date",
+        "SELECT CAST(activity_date AS text) AS day, active_users FROM daily_active_users ORDER BY day",
     )
     .await;
     // 1 March: a1, who signed in as u1 (one profile), and a3; 2 March: a2.
@@ -443,14 +486,24 @@ async fn shipped_models_sessionise_collected_events() {
         "SELECT email, plan, order_count, revenue FROM profiles WHERE array_has(user_ids, 'u1')",
     )
     .await;
-    assert_eq!(text(&profile), vec![vec!["u1@example.com", "pro", "1", "120.0"]]);
+    assert_eq!(
+        text(&profile),
+        vec![vec!["u1@example.com", "pro", "1", "120.0"]]
+    );
     let high = rows(&exec, "SELECT email FROM cohort_high_value").await;
     assert_eq!(text(&high), vec![vec!["u1@example.com"]]);
 
     // The gap is a var: with 40 minutes a1's four events are one session.
-    let project = load(&shipped(), Some("{source_schema: web, session_gap_minutes: 40}"));
+    let project = load(
+        &shipped(),
+        Some("{source_schema: web, session_gap_minutes: 40}"),
+    );
     let again = run(&project, &exec, Command::Run, &["sessions"]).await;
     assert!(again.success(), "{again:#?}");
-    let n = rows(&exec, "SELECT count(*) FROM sessions WHERE visitor_id = 'a1'").await;
+    let n = rows(
+        &exec,
+        "SELECT count(*) FROM sessions WHERE visitor_id = 'a1'",
+    )
+    .await;
     assert_eq!(text(&n), vec![vec!["1"]]);
 }
