@@ -668,24 +668,20 @@ fn tree_config(tree: &Json, fqn: &[String]) -> Map<String, Json> {
     let mut out = Map::new();
     let mut node = tree;
     let mut level = 0;
-    loop {
-        if let Json::Object(m) = node {
-            let mut here = Map::new();
-            for (k, v) in m {
-                if let Some(key) = is_config_entry(k, v) {
-                    here.insert(key, v.clone());
-                }
+    while let Json::Object(m) = node {
+        let mut here = Map::new();
+        for (k, v) in m {
+            if let Some(key) = is_config_entry(k, v) {
+                here.insert(key, v.clone());
             }
-            merge_config(&mut out, &here);
-            match fqn.get(level).and_then(|part| m.get(part)) {
-                Some(next) if next.is_object() => {
-                    node = next;
-                    level += 1;
-                }
-                _ => break,
+        }
+        merge_config(&mut out, &here);
+        match fqn.get(level).and_then(|part| m.get(part)) {
+            Some(next) if next.is_object() => {
+                node = next;
+                level += 1;
             }
-        } else {
-            break;
+            _ => break,
         }
     }
     out

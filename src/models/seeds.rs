@@ -145,13 +145,7 @@ fn literal(value: &str, ty: &str) -> String {
         "date" => format!("DATE {}", quote_literal(value.trim())),
         "timestamp" => format!(
             "TIMESTAMP {}",
-            quote_literal(
-                &value
-                    .trim()
-                    .replace('T', " ")
-                    .trim_end_matches('Z')
-                    .to_string()
-            )
+            quote_literal(value.trim().replace('T', " ").trim_end_matches('Z'))
         ),
         "text" => quote_literal(value),
         other => format!("CAST({} AS {other})", quote_literal(value)),
