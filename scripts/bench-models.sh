@@ -110,8 +110,8 @@ for i in $(seq "$runs"); do
   echo "run $i: $(run "$project")s"
 done
 echo "full refresh: $(run "$project" --full-refresh)s"
-echo "per-model times of the last run:"
-grep -E '^(OK|ERROR|SKIP) ' "$work/last-run.txt" | sort -k5 -n -r | head -15 || true
+echo "slowest models of the full refresh:"
+grep -E '^(OK|ERROR|SKIP) ' "$work/last-run.txt" | awk '{print $NF, $0}' | sort -rn | cut -d' ' -f2- | head -15 || true
 tail -2 "$work/last-run.txt"
 trivial=$(run "$project/trivial")
 trivial=$(run "$project/trivial")

@@ -52,6 +52,7 @@ pub fn result_line(r: &UnitResult) -> String {
     };
     let detail = match (r.status, r.rows) {
         (Status::Skipped, _) => String::new(),
+        (Status::Pass | Status::Fail | Status::Warn, Some(1)) => "1 failure".to_string(),
         (Status::Pass | Status::Fail | Status::Warn, Some(n)) => format!("{n} failures"),
         (_, Some(n)) => format!("{n} rows"),
         (_, None) => String::new(),
