@@ -507,3 +507,76 @@ async fn shipped_models_sessionise_collected_events() {
     .await;
     assert_eq!(text(&n), vec![vec!["1"]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialisations_change_in_place_and_full_refresh_rebuilds() {
+    let project_dir = write_project(&[
+        (
+            "models/m.sql",
+            "{{ config(materialized=var('mat', 'view')) }}\nselect 1 as id, 'a' as v",
+        ),
+        ("models/over_m.sql", "select id from {{ ref('m') }}"),
+        (
+            "models/inc.sql",
+            "{{ config(materialized='incremental') }}\nselect {{ var('n', 1) }} as n",
+        ),
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = embedded(dir.path()).await;
+    let kind = |name: &'static str| {
+        let exec = exec.clone();
+        async move {
+            text(
+                &rows(
+                    &exec,
+                    &format!(
+                        "SELECT table_type FROM information_schema.tables WHERE table_schema = 'public' AND table_name = '{name}'"
+                    ),
+                )
+                .await,
+            )
+        }
+    };
+    for (vars, expected) in [
+        ("{mat: view}", "VIEW"),
+        ("{mat: table, n: 2}", "BASE TABLE"),
+        ("{mat: view, n: 3}", "VIEW"),
+    ] {
+        let report = run(
+            &load(project_dir.path(), Some(vars)),
+            &exec,
+            Command::Run,
+            &[],
+        )
+        .await;
+        assert!(report.success(), "{vars}: {report:#?}");
+        assert_eq!(kind("m").await, vec![vec![expected]], "{vars}");
+        assert_eq!(
+            text(&rows(&exec, "SELECT id FROM over_m").await),
+            vec![vec!["1"]]
+        );
+    }
+    // Without a unique key, each run appends; --full-refresh starts over.
+    assert_eq!(
+        text(&rows(&exec, "SELECT n FROM inc ORDER BY n").await),
+        vec![vec!["1"], vec!["2"], vec!["3"]]
+    );
+    let project = load(project_dir.path(), Some("{n: 4}"));
+    let report = models::run(
+        project,
+        exec.clone(),
+        Command::Run,
+        RunOptions {
+            full_refresh: true,
+            ..options(&["inc"])
+        },
+        Arc::new(Quiet),
+    )
+    .await
+    .expect("runs");
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(
+        text(&rows(&exec, "SELECT n FROM inc").await),
+        vec![vec!["4"]]
+    );
+}
