@@ -37,11 +37,12 @@ pub struct ModelsArgs {
     #[arg(long, default_value = ".")]
     pub project: PathBuf,
     /// Models to include: names, +name (with ancestors), name+ (with descendants), tag:x,
-    /// path:dir, source:s; several separated by spaces or commas.
-    #[arg(long, short = 's', num_args = 1.., value_delimiter = ',')]
+    /// path:dir, source:s; several separated by spaces are a union, joined by commas an
+    /// intersection (as in dbt).
+    #[arg(long, short = 's', num_args = 1..)]
     pub select: Vec<String>,
     /// Models to leave out (same syntax as --select).
-    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    #[arg(long, num_args = 1..)]
     pub exclude: Vec<String>,
     /// Vars as YAML, overriding dbt_project.yml: '{gap_minutes: 30}'.
     #[arg(long)]

@@ -4,7 +4,8 @@
 //! in it and its file. Selection follows dbt's syntax for the common cases: `name`,
 //! `+name` (with its ancestors), `name+` (with its descendants), `tag:x`, `path:dir`,
 //! `source:s` (models reading source `s`), globs with `*`, several selectors separated by
-//! spaces or commas (a union), and `--exclude` with the same syntax.
+//! spaces (a union), selectors joined by commas (an intersection, as in dbt), and
+//! `--exclude` with the same syntax.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -150,7 +151,7 @@ fn find_cycle(parents: &[Vec<usize>], pending: &[usize]) -> Vec<usize> {
 fn tokens(args: &[String]) -> Vec<String> {
     args.iter()
         .flat_map(|a| {
-            a.split([',', ' '])
+            a.split_whitespace()
                 .map(str::trim)
                 .map(str::to_string)
                 .collect::<Vec<_>>()
@@ -240,6 +241,21 @@ fn select_one(project: &Project, graph: &Graph, selector: &str) -> Result<BTreeS
     Ok(out)
 }
 
+/// One space-separated selector: comma-joined parts intersect, as in dbt
+/// (`tag:marts,stg_orders+` is what is both tagged and downstream of stg_orders).
+fn select_term(project: &Project, graph: &Graph, term: &str) -> Result<BTreeSet<usize>> {
+    let mut parts = term.split(',').map(str::trim).filter(|p| !p.is_empty());
+    let Some(first) = parts.next() else {
+        return Ok(BTreeSet::new());
+    };
+    let mut out = select_one(project, graph, first)?;
+    for p in parts {
+        let other = select_one(project, graph, p)?;
+        out.retain(|i| other.contains(i));
+    }
+    Ok(out)
+}
+
 /// The nodes selected by `select` (everything when empty) minus those matched by `exclude`.
 /// A selector that matches no node is an error, so a typo does not silently run nothing.
 pub fn select(
@@ -254,7 +270,7 @@ pub fn select(
     } else {
         let mut out = BTreeSet::new();
         for s in &sel {
-            let hit = select_one(project, graph, s)?;
+            let hit = select_term(project, graph, s)?;
             let is_test = project
                 .tests
                 .iter()
@@ -270,7 +286,7 @@ pub fn select(
         out
     };
     for s in tokens(exclude) {
-        for i in select_one(project, graph, &s)? {
+        for i in select_term(project, graph, &s)? {
             out.remove(&i);
         }
     }

@@ -287,6 +287,14 @@ fn selection() {
     tagged.sort();
     assert_eq!(tagged, vec!["customer_orders", "orders_incremental"]);
     assert_eq!(names(&["stg_*"], &["stg_orders"]), vec!["stg_customers"]);
+    // Space: union; comma: intersection (dbt's syntax).
+    let mut union = names(&["stg_customers stg_orders"], &[]);
+    union.sort();
+    assert_eq!(union, vec!["stg_customers", "stg_orders"]);
+    assert_eq!(
+        names(&["tag:marts,stg_orders+"], &["customer_orders"]),
+        vec!["orders_incremental"]
+    );
     assert_eq!(
         names(&["path:models/marts"], &["customer_orders"]),
         vec!["orders_incremental"]
