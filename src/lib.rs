@@ -13,6 +13,7 @@
 //! - [`identity`]: persisted identity graphs (`CREATE/REFRESH IDENTITY GRAPH`) over `identity_stitch`.
 //! - [`activate`]: destinations (`CREATE DESTINATION`), `COPY ... TO DESTINATION` and the delivery engine.
 //! - [`route`]: real-time routes (`CREATE ROUTE`): collected events from the log through SQL to destinations.
+//! - [`models`]: `tally models`, the dbt-style model runner (embedded or against a server).
 
 pub mod activate;
 pub mod catalog;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod identity;
+pub mod models;
 pub mod route;
 pub mod server;
 pub mod statements;

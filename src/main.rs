@@ -1,7 +1,8 @@
 //! The `tally` command: `serve` runs the server, `sql` runs statements against a warehouse
-//! without one, `version` prints the version.
+//! without one, `models` runs a dbt-style project, `version` prints the version.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,13 @@ enum Command {
         /// The statements (several may be given, or several separated by ';').
         #[arg(required = true)]
         statements: Vec<String>,
+    },
+    /// Run a dbt-style project (models, seeds, tests) embedded over --data or against --url.
+    Models {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: tally::models::cli::ModelsArgs,
     },
     /// Print the version.
     Version,
@@ -123,6 +131,26 @@ async fn run(cli: Cli) -> tally::Result<ExitCode> {
             eprintln!("shutting down: finishing running statements");
             server.shutdown(Duration::from_secs(60)).await;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { common, args } => {
+            let executor: Option<Arc<dyn tally::models::Executor>> = match &args.url {
+                _ if !args.needs_warehouse() => None,
+                Some(url) => Some(Arc::new(tally::models::Remote::new(url.clone()))),
+                None => {
+                    let config = Config::resolve(overrides(common))?;
+                    let label = config.data.clone();
+                    let engine = tally::engine::Engine::open(config).await?;
+                    Some(Arc::new(tally::models::Embedded::new(engine, label)))
+                }
+            };
+            match tally::models::cli::run(&args, executor).await {
+                Ok(true) => Ok(ExitCode::SUCCESS),
+                Ok(false) => Ok(ExitCode::FAILURE),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Sql {
             common,

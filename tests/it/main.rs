@@ -6,6 +6,7 @@ mod collect;
 mod common;
 mod identity;
 mod identity_graph;
+mod models;
 mod persistence;
 mod routes;
 mod slt;

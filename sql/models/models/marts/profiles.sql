@@ -1,42 +1,50 @@
 -- profiles: the unified customer profile, one row per profile_id.
 --
--- Runs as plain SQL (tally or any DataFusion session) and, once it exists, under the
--- dbt-style model runner as the model `profiles`.
+-- A model of tally's shipped project (sql/models): run it with `tally models run --project
+-- sql/models` or with dbt against `tally serve`.
 --
--- Inputs (the names the runner binds; create views with these names to adapt other
--- warehouses):
---   identity_map(identifier_type text, identifier_value text, profile_id text, profile_size bigint)
---       the output of identity_stitch, e.g.
---       CREATE TABLE identity_map AS SELECT * FROM identity_stitch('identity_edges');
---   tracks(anonymous_id text, user_id text, "timestamp" timestamp, event text, revenue double)
---       Segment-style track calls; revenue is the `revenue` property (null when absent);
---       orders are the 'Order Completed' events.
---   identifies(anonymous_id text, user_id text, "timestamp" timestamp,
---              email text, phone text, name text, plan text)
---       Segment-style identify calls with their traits as columns (null when not sent).
+-- Inputs:
+--   ref('identity_map')   identifier_type, identifier_value, profile_id, profile_size
+--                         (identity_stitch over the identity edges, or a persisted graph's map)
+--   source tracks         Segment-style track calls; revenue comes from the order event
+--                         table (var('order_event_table'), joined on message_id)
+--   source identifies     identify calls, traits as columns: var('profile_traits')
 --
 -- Output columns:
 --   profile_id, profile_size,
 --   user_ids, emails, phones, anonymous_ids, device_ids   identifiers per type (sorted lists),
---   email, phone, name, plan                               latest traits: per trait the last
+--   one column per trait of var('profile_traits')         latest traits: per trait the last
 --                                                          non-null value by event timestamp,
 --   first_seen, last_seen                                  over tracks and identifies,
 --   event_count, order_count, revenue                      over tracks.
 --
 -- An event belongs to the profile of its user_id when that is in the map, else to the
 -- profile of its anonymous_id; events whose ids are in no profile are left out.
+{% set traits = var('profile_traits', ['email', 'phone', 'name', 'plan']) %}
+{% set orders = var('order_event_table', 'order_completed') %}
 
-WITH events AS (
+WITH tracks AS (
+    SELECT t.anonymous_id, t.user_id, t."timestamp", t.event_text AS event,
+           {% if orders %}CAST(o.revenue AS double){% else %}CAST(NULL AS double){% endif %} AS revenue
+    FROM {{ source('events', 'tracks') }} t
+    {% if orders %}
+    LEFT JOIN {{ source('events', 'orders') }} o ON o.message_id = t.message_id
+    {% endif %}
+),
+identity_map AS (
+    SELECT * FROM {{ ref('identity_map') }}
+),
+events AS (
     SELECT anonymous_id, user_id, "timestamp" AS ts, event, revenue,
-           CAST(NULL AS text) AS email, CAST(NULL AS text) AS phone,
-           CAST(NULL AS text) AS name, CAST(NULL AS text) AS plan,
+           {% for t in traits %}CAST(NULL AS text) AS {{ t }},{% endfor %}
            true AS is_track
     FROM tracks
     UNION ALL
     SELECT anonymous_id, user_id, "timestamp" AS ts, CAST(NULL AS text) AS event,
-           CAST(NULL AS double) AS revenue, email, phone, name, plan,
+           CAST(NULL AS double) AS revenue,
+           {% for t in traits %}CAST({{ t }} AS text) AS {{ t }},{% endfor %}
            false AS is_track
-    FROM identifies
+    FROM {{ source('events', 'identifies') }}
 ),
 resolved AS (
     SELECT coalesce(u.profile_id, a.profile_id) AS profile_id, e.*
@@ -53,10 +61,8 @@ activity AS (
            count(*) FILTER (WHERE is_track) AS event_count,
            count(*) FILTER (WHERE is_track AND event = 'Order Completed') AS order_count,
            coalesce(sum(revenue) FILTER (WHERE is_track AND event = 'Order Completed'), 0) AS revenue,
-           last_value(email ORDER BY ts) FILTER (WHERE email IS NOT NULL) AS email,
-           last_value(phone ORDER BY ts) FILTER (WHERE phone IS NOT NULL) AS phone,
-           last_value(name ORDER BY ts) FILTER (WHERE name IS NOT NULL) AS name,
-           last_value(plan ORDER BY ts) FILTER (WHERE plan IS NOT NULL) AS plan
+           {% for t in traits %}last_value({{ t }} ORDER BY ts) FILTER (WHERE {{ t }} IS NOT NULL) AS {{ t }}{% if not loop.last %},{% endif %}
+           {% endfor %}
     FROM resolved
     WHERE profile_id IS NOT NULL
     GROUP BY profile_id
@@ -75,7 +81,7 @@ identifiers AS (
 SELECT i.profile_id,
        i.profile_size,
        i.user_ids, i.emails, i.phones, i.anonymous_ids, i.device_ids,
-       a.email, a.phone, a.name, a.plan,
+       {% for t in traits %}a.{{ t }},{% endfor %}
        a.first_seen, a.last_seen,
        coalesce(a.event_count, 0) AS event_count,
        coalesce(a.order_count, 0) AS order_count,
