@@ -173,6 +173,7 @@ fi
 
 # --- run the suite ---------------------------------------------------------------------------
 
+export TALLY_BIN="$bin"
 export TALLY_HOST=127.0.0.1 TALLY_PORT="$pg_port" TALLY_DB=tally TALLY_USER=tally TALLY_HTTP_PORT="$http_port"
 unset TALLY_PASSWORD
 rc=0

@@ -180,6 +180,13 @@ fn one(target: &Target, path: &str, column: Option<&str>, spec: &Json) -> Result
             });
         }
     };
+    // dbt 1.10+ nests a test's own arguments under `arguments:`; they read as top-level.
+    let mut args = args;
+    if let Some(nested) = args.remove("arguments").as_ref().and_then(Json::as_object) {
+        for (k, v) in nested {
+            args.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     let config = args
         .get("config")
         .and_then(Json::as_object)
@@ -360,7 +367,8 @@ mod tests {
         let cols: Vec<Json> = serde_json::from_str(
             r#"[{"name": "id", "tests": ["unique", "not_null"]},
                 {"name": "status", "data_tests": [{"accepted_values": {"values": ["a", "b"], "config": {"severity": "warn"}}}]},
-                {"name": "customer_id", "tests": [{"relationships": {"to": "ref('customers')", "field": "id"}}]}]"#,
+                {"name": "customer_id", "tests": [{"relationships": {"to": "ref('customers')", "field": "id"}}]},
+                {"name": "kind", "data_tests": [{"accepted_values": {"arguments": {"values": ["x"]}}}]}]"#,
         )
         .expect("json");
         let t = from_properties(
@@ -377,7 +385,8 @@ mod tests {
                 "unique_orders_id",
                 "not_null_orders_id",
                 "accepted_values_orders_status__a__b",
-                "relationships_orders_customer_id__id__customers"
+                "relationships_orders_customer_id__id__customers",
+                "accepted_values_orders_kind__x"
             ]
         );
         assert!(t[2].warn);

@@ -176,3 +176,36 @@ def test_dbt_failing_test_is_reported(dbt):
     # Two customers are on the free plan.
     assert "FAIL 2" in proc.stdout
     assert "Got 2 results" in proc.stdout
+
+
+def test_tally_models_builds_the_same_project_as_dbt(dbt, info):
+    """``tally models build`` on the same project, on the same server, gives the same tables."""
+    tally = os.environ.get("TALLY_BIN")
+    if not tally or not os.access(tally, os.X_OK):
+        pytest.skip("TALLY_BIN is not set (scripts/clients.sh sets it)")
+    dbt.run("seed")
+    dbt.run("run")
+    ours = f"{dbt.schema}_tally"
+    auth = info.user if not info.password else f"{info.user}:{info.password}"
+    url = f"postgresql://{auth}@{info.host}:{info.port}/{info.dbname}"
+    try:
+        proc = subprocess.run(
+            [tally, "models", "build", "--project", str(dbt.root), "--url", url, "--target-schema", ours],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for model, key in [
+            ("stg_customers", "customer_id"),
+            ("customer_orders", "customer_id"),
+            ("orders_append", "order_id"),
+            ("orders_merge", "order_id"),
+            ("orders_delete_insert", "order_id"),
+        ]:
+            theirs = dbt.query(f'select * from "{dbt.schema}".{model} order by {key}')
+            mine = dbt.query(f'select * from "{ours}".{model} order by {key}')
+            assert mine == theirs, model
+    finally:
+        with psycopg.connect(info.conninfo(), autocommit=True) as conn:
+            conn.execute(f'drop schema if exists "{ours}" cascade')
