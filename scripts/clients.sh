@@ -12,6 +12,7 @@
 # it with `cargo build --bin tally` when missing.
 #
 # Usage: scripts/clients.sh [pytest args...]     e.g. scripts/clients.sh -k psycopg -x
+#        (without arguments it also runs dbt's adapter test suite, tests/dbt_adapter)
 # Env:   TALLY_LOG=debug     server log level (the log goes to $TALLY_CLIENTS_LOG)
 #        TALLY_CLIENTS_LOG   where to write the server's log (default: a temp file, printed)
 #        KEEP_TMP=1          keep the temp data folder after the run
@@ -77,13 +78,14 @@ install_node_deps() {
 # install time from outside the package registry.
 install_dbt() {
   local venv="${TALLY_DBT_VENV:-$HOME/.cache/tally/dbt-venv}"
-  if [ ! -x "$venv/bin/dbt" ]; then
-    log "installing dbt-core 1.11 and dbt-postgres 1.11 into $venv"
+  if [ ! -x "$venv/bin/dbt" ] || ! "$venv/bin/python" -c 'import dbt.tests.adapter, pytest' 2>/dev/null; then
+    log "installing dbt-core 1.11, dbt-postgres 1.11 and dbt-tests-adapter into $venv"
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-input 'dbt-core==1.11.*' 'dbt-postgres==1.11.*'
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-input \
+      'dbt-core==1.11.*' 'dbt-postgres==1.11.*' 'dbt-tests-adapter==1.20.*' pytest
   fi
-  export TALLY_DBT="$venv/bin/dbt"
+  export TALLY_DBT="$venv/bin/dbt" TALLY_DBT_PYTHON="$venv/bin/python"
 }
 
 install_python_deps
@@ -178,6 +180,10 @@ export TALLY_HOST=127.0.0.1 TALLY_PORT="$pg_port" TALLY_DB=tally TALLY_USER=tall
 unset TALLY_PASSWORD
 rc=0
 python3 -m pytest -q -p no:cacheprovider tests/clients "$@" || rc=$?
+# dbt's own adapter test suite (its basic classes) through dbt-postgres, in dbt's venv.
+if [ "$#" -eq 0 ]; then
+  "$TALLY_DBT_PYTHON" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/dbt_adapter || rc=$?
+fi
 if [ "$rc" != 0 ]; then
   log "pytest exited $rc; last lines of the server log ($server_log):"
   tail -n 30 "$server_log" >&2 || true

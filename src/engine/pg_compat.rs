@@ -209,6 +209,18 @@ pub fn user_udf(name: &'static str, user: &str) -> ScalarUDF {
     ConstFn::udf(name, &[0], ScalarValue::Utf8(Some(user.to_string())))
 }
 
+/// `pg_get_userbyid(oid)` for one session: the login user. tally keeps no owner per object
+/// (every user with access may change any object), so the owner shown for a relation is the
+/// user looking at it, as it would be on PostgreSQL when each user works in their own
+/// objects; dbt's catalog compares the owner with the connected user.
+pub fn owner_udf(user: &str) -> ScalarUDF {
+    ConstFn::udf(
+        "pg_get_userbyid",
+        &[1],
+        ScalarValue::Utf8(Some(user.to_string())),
+    )
+}
+
 /// `set_config(name, value, is_local)`: sets a session setting and returns the value.
 /// Settings changed this way are recorded for SHOW and `current_setting()`; those with an
 /// engine effect (`search_path`, `statement_timeout`) take effect through `SET`.

@@ -149,6 +149,7 @@ impl Session {
         ctx.register_udf(super::pg_compat::SetConfig::udf(settings.clone()));
         ctx.register_udf(super::pg_compat::user_udf("session_user", &user));
         ctx.register_udf(super::pg_compat::user_udf("current_user", &user));
+        ctx.register_udf(super::pg_compat::owner_udf(&user));
         Session {
             engine,
             ctx,
