@@ -157,3 +157,50 @@ fn contains_aggregate(e: &Expr) -> bool {
     .iter()
     .any(|a| text.contains(a))
 }
+
+/// An unaliased `col::type` (or `CAST(col AS type)`) in a query's select list gets its
+/// column's name as an explicit alias, the name PostgreSQL gives it. DataFusion names the cast
+/// after its column too, so when ORDER BY names that column the planner adds it beside the
+/// cast and rejects the projection for a duplicate name; with the alias, ORDER BY refers to
+/// the output column, as PostgreSQL resolves it.
+pub fn alias_column_casts(stmt: &mut Statement) {
+    if let Statement::Query(q) = stmt {
+        alias_in_set_expr(&mut q.body);
+    }
+}
+
+fn alias_in_set_expr(body: &mut datafusion::sql::sqlparser::ast::SetExpr) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    match body {
+        SetExpr::Select(select) => {
+            let mut taken: Vec<String> = Vec::new();
+            for item in &mut select.projection {
+                let SelectItem::UnnamedExpr(e) = item else {
+                    continue;
+                };
+                let Expr::Cast { expr, .. } = e else {
+                    continue;
+                };
+                let name = match expr.as_ref() {
+                    Expr::Identifier(i) => i.clone(),
+                    Expr::CompoundIdentifier(parts) => match parts.last() {
+                        Some(i) => i.clone(),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                // Two casts of one column keep DataFusion's own naming (and its error).
+                if taken.contains(&name.value) {
+                    continue;
+                }
+                taken.push(name.value.clone());
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: name,
+                };
+            }
+        }
+        SetExpr::Query(q) => alias_in_set_expr(&mut q.body),
+        _ => {}
+    }
+}
