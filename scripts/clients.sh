@@ -182,7 +182,10 @@ rc=0
 python3 -m pytest -q -p no:cacheprovider tests/clients "$@" || rc=$?
 # dbt's own adapter test suite (its basic classes) through dbt-postgres, in dbt's venv.
 if [ "$#" -eq 0 ]; then
-  "$TALLY_DBT_PYTHON" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/dbt_adapter || rc=$?
+  # From the temp folder: dbt's test fixtures write logs/ into the working directory.
+  repo="$PWD"
+  (cd "$tmp" && "$TALLY_DBT_PYTHON" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning \
+    "$repo/tests/dbt_adapter") || rc=$?
 fi
 if [ "$rc" != 0 ]; then
   log "pytest exited $rc; last lines of the server log ($server_log):"
