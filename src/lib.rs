@@ -24,6 +24,7 @@ pub mod error;
 pub mod identity;
 pub mod models;
 pub mod route;
+pub mod scheduler;
 pub mod server;
 pub mod statements;
 pub mod storage;

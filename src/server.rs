@@ -27,6 +27,7 @@ pub struct RunningServer {
     flush_shutdown: watch::Sender<bool>,
     flusher: JoinHandle<()>,
     routes: crate::route::RouteHandle,
+    scheduler: crate::scheduler::SchedulerHandle,
 }
 
 /// Opens the warehouse and starts both listeners.
@@ -60,6 +61,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
     let (flush_tx, flush_rx) = watch::channel(false);
     let (collector, flusher) = crate::collect::Collector::start(engine.clone(), flush_rx).await?;
     let routes = crate::route::start(engine.clone(), collector.wal().clone());
+    let scheduler = crate::scheduler::start(engine.clone());
     let pg_task = tokio::spawn(crate::wire::serve(engine.clone(), pg, tls, rx.clone()));
     let router = crate::collect::http::router(Some(collector));
     let http_task = tokio::spawn(crate::collect::http::serve(http, router, rx));
@@ -73,6 +75,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         flush_shutdown: flush_tx,
         flusher,
         routes,
+        scheduler,
     })
 }
 
@@ -83,6 +86,8 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        // No new scheduled runs; the ones in progress finish (or resend next time).
+        self.scheduler.shutdown(grace).await;
         let deadline = tokio::time::Instant::now() + grace;
         while self.engine.running_statements() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -31,6 +31,7 @@ pub mod limiter;
 pub mod rejected;
 pub mod rows;
 pub mod runs;
+pub mod schedule;
 pub mod statements;
 pub mod syncs;
 pub mod system;
@@ -43,6 +44,7 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct Activation {
     limiters: parking_lot::Mutex<HashMap<String, Arc<limiter::AimdLimiter>>>,
+    sync_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Activation {
@@ -58,6 +60,16 @@ impl Activation {
                 l
             }
         }
+    }
+
+    /// The lock that keeps two runs of sync `name` from overlapping in this server: `RUN
+    /// SYNC` waits for it, the scheduler skips its tick when it is taken.
+    pub fn sync_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.sync_locks
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Forgets the limiter of a dropped or altered destination.

@@ -44,6 +44,8 @@ pub struct SyncRun {
     pub rows_failed: u64,
     /// The error of a failed run.
     pub error: Option<String>,
+    /// `manual` (RUN SYNC) or `schedule` (the scheduler).
+    pub trigger: String,
 }
 
 /// The table's columns.
@@ -61,6 +63,8 @@ pub fn schema() -> SchemaRef {
         Field::new("rows_delivered", DataType::Int64, false),
         Field::new("rows_failed", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
+        // Nullable and last: tables written before schedules existed gain it by schema merge.
+        Field::new("trigger", DataType::Utf8, true),
     ]))
 }
 
@@ -84,6 +88,7 @@ pub async fn append(warehouse: &Warehouse, run: &SyncRun) -> Result<()> {
             n(run.rows_delivered),
             n(run.rows_failed),
             Arc::new(StringArray::from(vec![run.error.clone()])),
+            Arc::new(StringArray::from(vec![run.trigger.as_str()])),
         ],
     )
     .map_err(|e| TallyError::DataFusion(e.into()))?;
@@ -95,7 +100,10 @@ pub async fn append(warehouse: &Warehouse, run: &SyncRun) -> Result<()> {
             Err(_) => open_table(&url, &warehouse.options).await?,
         },
     };
-    table.write(vec![batch]).await?;
+    table
+        .write(vec![batch])
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+        .await?;
     Ok(())
 }
 

@@ -21,7 +21,12 @@
 //! The query's names resolve with the search path of the session that runs it (the default
 //! schema at creation is stored for when the scheduler runs syncs without a session).
 //!
-//! Not yet: schedules and the scheduler, mirror syncs (removing rows that left the query at
+//! `SCHEDULE '<cron>'` or `EVERY '<interval>'` lets `tally serve`'s scheduler
+//! (`crate::scheduler`) run the sync on its own; `ALTER SYNC ... PAUSE | RESUME` holds and
+//! releases it. Runs of one sync never overlap within a server (see
+//! [`super::Activation::sync_lock`]).
+//!
+//! Not yet: mirror syncs (removing rows that left the query at
 //! the destination), and the diff as a DataFusion anti-join (the snapshot is read into
 //! memory, about 100 bytes per key).
 
@@ -29,15 +34,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::physical_plan::memory::MemoryStream;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
 use super::destinations::{Mode, Record};
 use super::statements::{ActivateStatement, RowFilter, run_copy};
-use crate::catalog::SyncEntry;
+use crate::catalog::{SyncEntry, SyncSchedule};
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
 use crate::statements::{Completion, Output, change_catalog};
@@ -88,6 +95,7 @@ pub async fn create(
     name: String,
     copy_sql: String,
     if_not_exists: bool,
+    schedule: Option<SyncSchedule>,
 ) -> Result<Output> {
     let stmt = super::statements::parse(&copy_sql)?;
     check_copy(&stmt)?;
@@ -100,6 +108,10 @@ pub async fn create(
         });
     }
     let now = Utc::now().to_rfc3339();
+    let next_run_at = schedule
+        .as_ref()
+        .and_then(|s| super::schedule::next_after(s, Utc::now()))
+        .map(|t| t.to_rfc3339());
     let schema = crate::statements::names::default_schema(session);
     let created = change_catalog(session, |doc| {
         if doc.syncs.contains_key(&name) {
@@ -125,6 +137,10 @@ pub async fn create(
                 last_sent: 0,
                 last_unchanged: 0,
                 last_failed: 0,
+                schedule: schedule.clone(),
+                paused: false,
+                next_run_at: next_run_at.clone(),
+                last_scheduled_at: None,
             },
         );
         Ok(true)
@@ -137,8 +153,43 @@ pub async fn create(
     Ok(Output::Command(c))
 }
 
-/// `DROP SYNC [IF EXISTS] name`: forgets the sync and its snapshot.
+/// `ALTER SYNC name ...`: changes the schedule or pauses/resumes it. A new schedule or a
+/// RESUME starts from the next tick after now: ticks missed while paused are not replayed.
+pub async fn alter(session: &mut Session, name: String, action: AlterSync) -> Result<Output> {
+    let now = Utc::now();
+    change_catalog(session, |doc| {
+        let e = doc
+            .syncs
+            .get_mut(&name)
+            .ok_or_else(|| TallyError::NotFound {
+                kind: "sync",
+                name: name.clone(),
+            })?;
+        match &action {
+            AlterSync::SetSchedule(s) => e.schedule = Some(s.clone()),
+            AlterSync::DropSchedule => e.schedule = None,
+            AlterSync::Pause => e.paused = true,
+            AlterSync::Resume => e.paused = false,
+        }
+        if !matches!(action, AlterSync::Pause) {
+            e.next_run_at = e
+                .schedule
+                .as_ref()
+                .and_then(|s| super::schedule::next_after(s, now))
+                .map(|t| t.to_rfc3339());
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(sync = name, ?action, "sync altered");
+    Ok(Output::Command(Completion::tag("ALTER SYNC")))
+}
+
+/// `DROP SYNC [IF EXISTS] name`: forgets the sync and its snapshot. Waits for a run in
+/// progress, so that the run does not write the snapshot back after it was deleted.
 pub async fn drop(session: &mut Session, name: String, if_exists: bool) -> Result<Output> {
+    let lock = session.engine.activation.sync_lock(&name);
+    let _running = lock.lock().await;
     let removed = change_catalog(session, |doc| Ok(doc.syncs.remove(&name).is_some())).await?;
     if !removed {
         if if_exists {
@@ -265,8 +316,51 @@ async fn write_snapshot(
     Ok(())
 }
 
-/// `RUN SYNC name`: one run, answered with one row of counts.
-pub async fn run(session: &mut Session, name: String) -> Result<Output> {
+/// Who started a sync run, recorded in `tally.sync_runs.trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `RUN SYNC`.
+    Manual,
+    /// The scheduler, at a tick of the sync's schedule.
+    Schedule,
+}
+
+impl Trigger {
+    /// The name stored in `tally.sync_runs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+        }
+    }
+}
+
+/// The counts of one successful run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The COPY id of the run.
+    pub copy_id: String,
+    /// Rows new since the last successful run.
+    pub added: u64,
+    /// Rows changed since the last successful run.
+    pub changed: u64,
+    /// Rows not sent because they did not change.
+    pub unchanged: u64,
+    /// Keys of the last snapshot the query no longer returns.
+    pub left_query: u64,
+    /// Rows the destination accepted.
+    pub delivered: u64,
+    /// Rows the destination refused for good.
+    pub rejected: u64,
+    /// Retried requests.
+    pub retried: u64,
+}
+
+/// One run of sync `name` in `session`, recorded in `tally.sync_runs` and in the catalog
+/// whatever its outcome. The caller holds the sync's lock
+/// ([`super::Activation::sync_lock`]) so that two runs never overlap.
+pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Result<RunReport> {
+    let name = name.to_string();
     let entry = session
         .catalog
         .doc()
@@ -295,14 +389,16 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         changed: 0,
         unchanged: 0,
     };
-    let started_at = Utc::now().timestamp_micros();
+    let started = Utc::now();
+    let started_at = started.timestamp_micros();
+    tracing::info!(sync = name, trigger = trigger.as_str(), "sync run starts");
     let result = run_copy(session, &query, &destination, &options, Some(&mut diff)).await;
     let now = Utc::now().to_rfc3339();
     let outcome = match result {
-        Ok((copy_id, stats)) => {
-            write_snapshot(session, &location, &diff.new).await?;
-            Ok((copy_id, stats))
-        }
+        Ok((copy_id, stats)) => match write_snapshot(session, &location, &diff.new).await {
+            Ok(()) => Ok((copy_id, stats)),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let (status, error, sent, failed) = match &outcome {
@@ -325,10 +421,24 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         rows_delivered: sent,
         rows_failed: failed,
         error: error.clone(),
+        trigger: trigger.as_str().to_string(),
     };
     if let Err(e) = super::runs::append(session.engine.warehouse(), &run).await {
         tracing::warn!(sync = name, error = %e, "could not record the sync run in tally.sync_runs");
     }
+    match &error {
+        Some(e) => {
+            tracing::warn!(sync = name, trigger = trigger.as_str(), error = %e, "sync run failed")
+        }
+        None => tracing::info!(
+            sync = name,
+            trigger = trigger.as_str(),
+            delivered = sent,
+            failed,
+            "sync run finished"
+        ),
+    }
+    let scheduled_at = (trigger == Trigger::Schedule).then(|| started.to_rfc3339());
     change_catalog(session, |doc| {
         if let Some(e) = doc.syncs.get_mut(&name) {
             e.runs += 1;
@@ -338,16 +448,40 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
             e.last_sent = sent;
             e.last_unchanged = unchanged;
             e.last_failed = failed;
+            if scheduled_at.is_some() {
+                e.last_scheduled_at = scheduled_at.clone();
+            }
         }
         Ok(())
     })
     .await?;
     let (copy_id, stats) = outcome?;
-    let removed = diff
+    let left_query = diff
         .old
         .keys()
         .filter(|k| !diff.new.contains_key(*k))
         .count() as u64;
+    Ok(RunReport {
+        copy_id,
+        added: diff.added,
+        changed: diff.changed,
+        unchanged: diff.unchanged,
+        left_query,
+        delivered: stats.delivered,
+        rejected: stats.rejected,
+        retried: stats.retried,
+    })
+}
+
+/// `RUN SYNC name`: one run, answered with one row of counts. When the scheduler is running
+/// the same sync, this waits for that run to finish first (runs of one sync never overlap).
+pub async fn run(session: &mut Session, name: String) -> Result<Output> {
+    if !session.catalog.doc().syncs.contains_key(&name) {
+        return Err(TallyError::NotFound { kind: "sync", name });
+    }
+    let lock = session.engine.activation.sync_lock(&name);
+    let _running = lock.lock().await;
+    let r = run_once(session, &name, Trigger::Manual).await?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("sync", DataType::Utf8, false),
         Field::new("copy_id", DataType::Utf8, false),
@@ -364,14 +498,14 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         schema.clone(),
         vec![
             Arc::new(StringArray::from(vec![name.as_str()])),
-            Arc::new(StringArray::from(vec![copy_id.as_str()])),
-            n(diff.added),
-            n(diff.changed),
-            n(diff.unchanged),
-            n(removed),
-            n(stats.delivered),
-            n(stats.rejected),
-            n(stats.retried),
+            Arc::new(StringArray::from(vec![r.copy_id.as_str()])),
+            n(r.added),
+            n(r.changed),
+            n(r.unchanged),
+            n(r.left_query),
+            n(r.delivered),
+            n(r.rejected),
+            n(r.retried),
         ],
     )
     .map_err(|e| TallyError::DataFusion(e.into()))?;
@@ -382,10 +516,16 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
     )?)))
 }
 
-/// `tally.syncs`: one row per sync with its COPY and the outcome of its last run.
+/// `tally.syncs`: one row per sync with its COPY, the outcome of its last run and its
+/// schedule (`next_run_at` is NULL when the sync has no schedule or is paused).
 pub fn syncs_table(
     doc: &crate::catalog::CatalogDoc,
 ) -> datafusion::common::Result<Arc<dyn datafusion::datasource::TableProvider>> {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let micros = |s: Option<&str>| {
+        s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_micros())
+    };
     let schema = Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("copy_sql", DataType::Utf8, false),
@@ -396,6 +536,10 @@ pub fn syncs_table(
         Field::new("last_sent", DataType::Int64, false),
         Field::new("last_unchanged", DataType::Int64, false),
         Field::new("last_failed", DataType::Int64, false),
+        Field::new("schedule", DataType::Utf8, true),
+        Field::new("paused", DataType::Boolean, false),
+        Field::new("next_run_at", ts(), true),
+        Field::new("last_scheduled_at", ts(), true),
     ]));
     let s: Vec<(&String, &SyncEntry)> = doc.syncs.iter().collect();
     let text = |f: &dyn Fn(&SyncEntry) -> Option<String>| -> ArrayRef {
@@ -422,6 +566,32 @@ pub fn syncs_table(
         int(&|e| e.last_sent),
         int(&|e| e.last_unchanged),
         int(&|e| e.last_failed),
+        text(&|e| e.schedule.as_ref().map(super::schedule::display)),
+        Arc::new(BooleanArray::from_iter(
+            s.iter().map(|(_, e)| Some(e.paused)),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                s.iter()
+                    .map(|(_, e)| {
+                        if e.paused || e.schedule.is_none() {
+                            None
+                        } else {
+                            micros(e.next_run_at.as_deref())
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                s.iter()
+                    .map(|(_, e)| micros(e.last_scheduled_at.as_deref()))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     Ok(Arc::new(datafusion::catalog::MemTable::try_new(
@@ -430,7 +600,67 @@ pub fn syncs_table(
     )?))
 }
 
-/// Parses `CREATE SYNC [IF NOT EXISTS] name AS COPY ...`, `RUN SYNC name`, `DROP SYNC [IF EXISTS] name`.
+/// `text` without its first `n` whitespace-separated words.
+fn skip_words(text: &str, n: usize) -> &str {
+    let mut rest = text;
+    for _ in 0..n {
+        rest = next_word(rest).1;
+    }
+    rest
+}
+
+/// The first word of `text` and what follows it.
+fn next_word(text: &str) -> (&str, &str) {
+    let t = text.trim_start();
+    let end = t.find(char::is_whitespace).unwrap_or(t.len());
+    t.split_at(end)
+}
+
+/// A single-quoted literal at the start of `text` (`''` is a quote) and what follows it.
+fn literal(text: &str) -> Result<(String, &str)> {
+    let t = text.trim_start();
+    let body = t.strip_prefix('\'').ok_or_else(|| {
+        TallyError::syntax(
+            "syntax error: expected a quoted schedule, e.g. '*/15 * * * *' or '15 minutes'",
+        )
+    })?;
+    let mut out = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '\'' {
+            if chars.peek().is_some_and(|(_, n)| *n == '\'') {
+                chars.next();
+                out.push('\'');
+            } else {
+                return Ok((out, &body[i + 1..]));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Err(TallyError::syntax(
+        "syntax error: unterminated quoted schedule",
+    ))
+}
+
+/// An optional `SCHEDULE '<cron>'` or `EVERY '<interval>'` at the start of `text`, checked
+/// (22023 when it cannot be used), and what follows it.
+fn schedule_clause(text: &str) -> Result<(Option<SyncSchedule>, &str)> {
+    let (kw, after) = next_word(text);
+    if kw.eq_ignore_ascii_case("schedule") {
+        let (lit, rest) = literal(after)?;
+        Ok((Some(super::schedule::cron(&lit)?), rest))
+    } else if kw.eq_ignore_ascii_case("every") {
+        let (lit, rest) = literal(after)?;
+        Ok((Some(super::schedule::every(&lit)?), rest))
+    } else {
+        Ok((None, text))
+    }
+}
+
+/// Parses `CREATE SYNC [IF NOT EXISTS] name [SCHEDULE '<cron>' | EVERY '<interval>'] AS COPY ...`,
+/// `ALTER SYNC name SET SCHEDULE/SET EVERY/DROP SCHEDULE/PAUSE/RESUME`, `RUN SYNC name`,
+/// `DROP SYNC [IF EXISTS] name`.
 pub fn parse(text: &str) -> Result<SyncStatement> {
     let syntax = |m: &str| TallyError::syntax(format!("syntax error: {m}"));
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -457,30 +687,52 @@ pub fn parse(text: &str) -> Result<SyncStatement> {
                 .get(i)
                 .map(|w| ident(w))
                 .ok_or_else(|| syntax("CREATE SYNC needs a name"))?;
-            if !words
-                .get(i + 1)
-                .is_some_and(|w| w.eq_ignore_ascii_case("as"))
-            {
+            let (schedule, rest) = schedule_clause(skip_words(text, i + 1))?;
+            let (kw, rest) = next_word(rest);
+            if !kw.eq_ignore_ascii_case("as") {
                 return Err(syntax(
-                    "CREATE SYNC name AS COPY (query) TO DESTINATION d WITH (...) (schedules are not supported yet: use RUN SYNC)",
+                    "CREATE SYNC name [SCHEDULE '<cron>' | EVERY '<interval>'] AS COPY (query) TO DESTINATION d WITH (...)",
                 ));
             }
-            // The COPY's text: everything after AS.
-            let lower = text.to_ascii_lowercase();
-            let at = lower
-                .find(" as ")
-                .or_else(|| lower.find("\nas"))
-                .ok_or_else(|| syntax("expected AS COPY"))?;
-            let copy_sql = text[at + 4..]
-                .trim()
-                .trim_end_matches(';')
-                .trim()
-                .to_string();
+            let copy_sql = rest.trim().trim_end_matches(';').trim().to_string();
             Ok(SyncStatement::Create {
                 name,
                 copy_sql,
                 if_not_exists,
+                schedule,
             })
+        }
+        "alter" => {
+            let name = words
+                .get(2)
+                .map(|w| ident(w))
+                .ok_or_else(|| syntax("ALTER SYNC needs a name"))?;
+            let usage = "ALTER SYNC name SET SCHEDULE '<cron>' | SET EVERY '<interval>' | DROP SCHEDULE | PAUSE | RESUME";
+            let rest = skip_words(text, 3);
+            let (first, after) = next_word(rest);
+            let action = match first.to_ascii_lowercase().trim_end_matches(';') {
+                "set" => match schedule_clause(after)? {
+                    (Some(schedule), tail) if tail.trim().trim_end_matches(';').is_empty() => {
+                        AlterSync::SetSchedule(schedule)
+                    }
+                    _ => return Err(syntax(usage)),
+                },
+                "drop" => {
+                    let (second, tail) = next_word(after);
+                    if !second
+                        .trim_end_matches(';')
+                        .eq_ignore_ascii_case("schedule")
+                        || !tail.trim().trim_end_matches(';').is_empty()
+                    {
+                        return Err(syntax(usage));
+                    }
+                    AlterSync::DropSchedule
+                }
+                "pause" if after.trim().trim_end_matches(';').is_empty() => AlterSync::Pause,
+                "resume" if after.trim().trim_end_matches(';').is_empty() => AlterSync::Resume,
+                _ => return Err(syntax(usage)),
+            };
+            Ok(SyncStatement::Alter { name, action })
         }
         "run" | "drop" => {
             let mut if_exists = false;
@@ -501,7 +753,7 @@ pub fn parse(text: &str) -> Result<SyncStatement> {
                 SyncStatement::Drop { name, if_exists }
             })
         }
-        _ => Err(syntax("expected CREATE, RUN or DROP SYNC")),
+        _ => Err(syntax("expected CREATE, ALTER, RUN or DROP SYNC")),
     }
 }
 
@@ -516,6 +768,15 @@ pub enum SyncStatement {
         copy_sql: String,
         /// IF NOT EXISTS given.
         if_not_exists: bool,
+        /// `SCHEDULE '...'` or `EVERY '...'`, checked.
+        schedule: Option<SyncSchedule>,
+    },
+    /// `ALTER SYNC`.
+    Alter {
+        /// Sync name.
+        name: String,
+        /// What changes.
+        action: AlterSync,
     },
     /// `RUN SYNC`.
     Run {
@@ -531,6 +792,20 @@ pub enum SyncStatement {
     },
 }
 
+/// What `ALTER SYNC` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterSync {
+    /// `SET SCHEDULE '<cron>'` or `SET EVERY '<interval>'`: replaces the schedule; the next
+    /// run is the first tick from now.
+    SetSchedule(SyncSchedule),
+    /// `DROP SCHEDULE`: back to `RUN SYNC` only.
+    DropSchedule,
+    /// `PAUSE`: the scheduler leaves the sync alone (a run in progress finishes).
+    Pause,
+    /// `RESUME`: scheduled again from the next tick after now (missed ticks are not replayed).
+    Resume,
+}
+
 /// Runs a sync statement.
 pub async fn execute(session: &mut Session, stmt: SyncStatement) -> Result<Output> {
     match stmt {
@@ -538,7 +813,9 @@ pub async fn execute(session: &mut Session, stmt: SyncStatement) -> Result<Outpu
             name,
             copy_sql,
             if_not_exists,
-        } => create(session, name, copy_sql, if_not_exists).await,
+            schedule,
+        } => create(session, name, copy_sql, if_not_exists, schedule).await,
+        SyncStatement::Alter { name, action } => alter(session, name, action).await,
         SyncStatement::Run { name } => run(session, name).await,
         SyncStatement::Drop { name, if_exists } => drop(session, name, if_exists).await,
     }
@@ -556,9 +833,61 @@ mod tests {
             SyncStatement::Create {
                 name: "out".into(),
                 copy_sql: "COPY (SELECT a AS b FROM t) TO DESTINATION d WITH (key = 'b')".into(),
-                if_not_exists: true
+                if_not_exists: true,
+                schedule: None,
             }
         );
+        assert_eq!(
+            parse("CREATE SYNC out SCHEDULE '*/5 * * * *' AS COPY (SELECT 1 AS k) TO DESTINATION d WITH (key = 'k')")
+                .expect("parses"),
+            SyncStatement::Create {
+                name: "out".into(),
+                copy_sql: "COPY (SELECT 1 AS k) TO DESTINATION d WITH (key = 'k')".into(),
+                if_not_exists: false,
+                schedule: Some(SyncSchedule::Cron { expr: "*/5 * * * *".into() }),
+            }
+        );
+        let every =
+            parse("CREATE SYNC out EVERY '15 minutes' AS COPY t TO DESTINATION d").expect("parses");
+        assert!(matches!(
+            every,
+            SyncStatement::Create {
+                schedule: Some(SyncSchedule::Every {
+                    millis: 900_000,
+                    ..
+                }),
+                ..
+            }
+        ));
+        let bad = parse("CREATE SYNC out SCHEDULE 'every tuesday' AS COPY t TO DESTINATION d")
+            .expect_err("bad cron");
+        assert_eq!(bad.sqlstate(), "22023");
+        assert_eq!(
+            parse("ALTER SYNC out SET EVERY '2 hours'").expect("parses"),
+            SyncStatement::Alter {
+                name: "out".into(),
+                action: AlterSync::SetSchedule(SyncSchedule::Every {
+                    text: "2 hours".into(),
+                    millis: 7_200_000
+                }),
+            }
+        );
+        assert_eq!(
+            parse("ALTER SYNC out DROP SCHEDULE;").expect("parses"),
+            SyncStatement::Alter {
+                name: "out".into(),
+                action: AlterSync::DropSchedule
+            }
+        );
+        assert_eq!(
+            parse("alter sync out pause").expect("parses"),
+            SyncStatement::Alter {
+                name: "out".into(),
+                action: AlterSync::Pause
+            }
+        );
+        assert!(parse("ALTER SYNC out SET SCHEDULE").is_err());
+        assert!(parse("ALTER SYNC out RESUME now").is_err());
         assert_eq!(
             parse("RUN SYNC out").expect("parses"),
             SyncStatement::Run { name: "out".into() }
@@ -570,6 +899,5 @@ mod tests {
                 if_exists: true
             }
         );
-        assert!(parse("CREATE SYNC out EVERY '5 minutes' AS COPY t TO DESTINATION d").is_err());
     }
 }

@@ -121,6 +121,37 @@ pub struct SyncEntry {
     /// Rows the last run's destination refused (sent again next run).
     #[serde(default)]
     pub last_failed: u64,
+    /// When the scheduler runs it on its own (none: only `RUN SYNC`).
+    #[serde(default)]
+    pub schedule: Option<SyncSchedule>,
+    /// Whether `ALTER SYNC ... PAUSE` holds the schedule (RUN SYNC still works).
+    #[serde(default)]
+    pub paused: bool,
+    /// RFC 3339 time of the next scheduled run. Kept in the catalog so that after downtime
+    /// the scheduler sees a tick in the past and runs once to catch up.
+    #[serde(default)]
+    pub next_run_at: Option<String>,
+    /// RFC 3339 start of the last run the scheduler started.
+    #[serde(default)]
+    pub last_scheduled_at: Option<String>,
+}
+
+/// A sync's schedule as stored (checked by `activate::schedule` when written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SyncSchedule {
+    /// A five-field cron expression, evaluated in UTC.
+    Cron {
+        /// The expression as written.
+        expr: String,
+    },
+    /// A fixed interval between runs.
+    Every {
+        /// The interval as written (`'15 minutes'`).
+        text: String,
+        /// The interval in milliseconds.
+        millis: u64,
+    },
 }
 
 /// An activation destination: its type and options. Secret options are stored as given

@@ -155,7 +155,7 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     if w(1) == "ROUTE" && matches!(w(0), "CREATE" | "ALTER" | "DROP" | "REPLAY") {
         return crate::route::statements::parse(text).map(TallyStatement::Route);
     }
-    if w(1) == "SYNC" && matches!(w(0), "CREATE" | "RUN" | "DROP") {
+    if w(1) == "SYNC" && matches!(w(0), "CREATE" | "ALTER" | "RUN" | "DROP") {
         return crate::activate::syncs::parse(text).map(TallyStatement::Sync);
     }
     if matches!(w(1), "USER" | "ROLE") && matches!(w(0), "CREATE" | "ALTER" | "DROP") {

@@ -9,6 +9,7 @@ mod identity_graph;
 mod models;
 mod persistence;
 mod routes;
+mod scheduler;
 mod slt;
 mod streams;
 mod wire;
