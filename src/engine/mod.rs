@@ -5,6 +5,7 @@
 
 mod pg_compat;
 mod pg_overrides;
+mod pg_text;
 pub mod session;
 
 use std::sync::Arc;
@@ -129,6 +130,9 @@ impl Engine {
         tally_udfs::register_all(&ctx);
         pg_compat::register(&ctx);
         pg_overrides::install(&ctx, catalog.clone()).await?;
+        let timestamp_text = Arc::new(pg_text::TimestampText::udf());
+        ctx.register_udf(timestamp_text.as_ref().clone());
+        ctx.add_analyzer_rule(Arc::new(pg_text::PgTextCasts::new(timestamp_text)));
         {
             let mut builder = SessionStateBuilder::new_from_existing(ctx.state());
             let inner = builder.type_planner().take();
