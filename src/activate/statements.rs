@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::StreamExt;
 
 use super::delivery::{Deliverer, DeliveryStats, RetryPolicy};
@@ -27,6 +27,7 @@ use super::rejected;
 use crate::catalog::DestinationEntry;
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
+use crate::statements::tokens::{Tokens, syntax};
 use crate::statements::{Completion, Output, change_catalog, query};
 
 /// A parsed activation statement.
@@ -70,120 +71,7 @@ pub enum ActivateStatement {
     },
 }
 
-fn syntax(message: impl Into<String>) -> TallyError {
-    TallyError::syntax(format!("syntax error: {}", message.into()))
-}
-
 const COPY_USAGE: &str = "COPY (query) TO DESTINATION name [WITH (mode = 'upsert', key = 'column', batch_size = 100, map = 'src:dst,...')]";
-
-struct Tokens {
-    all: Vec<Token>,
-    at: Vec<usize>,
-}
-
-impl Tokens {
-    fn new(text: &str) -> Result<Tokens> {
-        let all = Tokenizer::new(&PostgreSqlDialect {}, text)
-            .tokenize()
-            .map_err(|e| syntax(e.to_string()))?;
-        let at = all
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
-            .map(|(i, _)| i)
-            .collect();
-        Ok(Tokens { all, at })
-    }
-
-    fn tok(&self, i: usize) -> Option<&Token> {
-        self.at.get(i).map(|&j| &self.all[j])
-    }
-
-    fn kw(&self, i: usize, k: &str) -> bool {
-        matches!(self.tok(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k))
-    }
-
-    fn ident(&self, i: usize) -> Option<String> {
-        match self.tok(i) {
-            Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
-            Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
-            _ => None,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.at.len()
-    }
-
-    /// The index of the parenthesis closing the one at `i`.
-    fn closing(&self, i: usize) -> Option<usize> {
-        let mut depth = 0usize;
-        for (k, &j) in self.at.iter().enumerate().skip(i) {
-            match self.all[j] {
-                Token::LParen => depth += 1,
-                Token::RParen => {
-                    depth = depth.checked_sub(1)?;
-                    if depth == 0 {
-                        return Some(k);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-
-    /// The original text strictly between meaningful tokens `from` and `to`.
-    fn text_between(&self, from: usize, to: usize) -> String {
-        self.all[self.at[from] + 1..self.at[to]]
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<String>()
-            .trim()
-            .to_string()
-    }
-
-    /// `(key = value, ...)` starting at the `(` at `i`; returns the options and the position
-    /// after `)`.
-    fn options(&self, mut i: usize) -> Result<(BTreeMap<String, String>, usize)> {
-        if !matches!(self.tok(i), Some(Token::LParen)) {
-            return Err(syntax("expected ( before the option list"));
-        }
-        i += 1;
-        let mut out = BTreeMap::new();
-        if matches!(self.tok(i), Some(Token::RParen)) {
-            return Ok((out, i + 1));
-        }
-        loop {
-            let key = self
-                .ident(i)
-                .ok_or_else(|| syntax("expected an option name"))?
-                .to_ascii_lowercase();
-            if !matches!(self.tok(i + 1), Some(Token::Eq)) {
-                return Err(syntax(format!("expected = after option {key}")));
-            }
-            let value = match self.tok(i + 2) {
-                Some(Token::SingleQuotedString(s)) => s.clone(),
-                Some(Token::Number(n, _)) => n.clone(),
-                Some(Token::Word(w)) => w.value.clone(),
-                _ => {
-                    return Err(syntax(format!(
-                        "option {key} needs a value, like {key} = 'value'"
-                    )));
-                }
-            };
-            if out.insert(key.clone(), value).is_some() {
-                return Err(syntax(format!("option {key} is given twice")));
-            }
-            i += 3;
-            match self.tok(i) {
-                Some(Token::Comma) => i += 1,
-                Some(Token::RParen) => return Ok((out, i + 1)),
-                _ => return Err(syntax("expected , or ) in the option list")),
-            }
-        }
-    }
-}
 
 /// Whether a statement is `COPY (...) | name TO DESTINATION ...` (the parser's dispatch asks).
 pub fn is_copy_to_destination(text: &str) -> bool {
@@ -304,7 +192,7 @@ pub fn parse(text: &str) -> Result<ActivateStatement> {
                     break;
                 }
             }
-            if names.is_empty() || i < t.len() {
+            if names.is_empty() || !t.end(i) {
                 return Err(syntax("DROP DESTINATION [IF EXISTS] name [, ...]"));
             }
             Ok(ActivateStatement::Drop { names, if_exists })

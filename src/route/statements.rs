@@ -14,14 +14,14 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::events::Transformer;
 use super::runner::RouteOptions;
 use crate::catalog::RouteEntry;
 use crate::engine::Session;
 use crate::error::{Result, TallyError};
+use crate::statements::tokens::{Tokens, syntax};
 use crate::statements::{Completion, Output, change_catalog};
 
 /// A parsed route statement.
@@ -68,118 +68,6 @@ pub enum RouteStatement {
 }
 
 const CREATE_USAGE: &str = "CREATE ROUTE name FROM SOURCE source TO DESTINATION destination [WITH (option = 'value', ...)] AS SELECT ... FROM events [WHERE ...]";
-
-fn syntax(message: impl Into<String>) -> TallyError {
-    TallyError::syntax(format!("syntax error: {}", message.into()))
-}
-
-/// Meaningful tokens of a statement, with the original tokens kept for the query's text.
-struct Tokens {
-    all: Vec<Token>,
-    at: Vec<usize>,
-}
-
-impl Tokens {
-    fn new(text: &str) -> Result<Tokens> {
-        let all = Tokenizer::new(&PostgreSqlDialect {}, text)
-            .tokenize()
-            .map_err(|e| syntax(e.to_string()))?;
-        let at = all
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
-            .map(|(i, _)| i)
-            .collect();
-        Ok(Tokens { all, at })
-    }
-
-    fn tok(&self, i: usize) -> Option<&Token> {
-        self.at.get(i).map(|&j| &self.all[j])
-    }
-
-    /// Whether token `i` is the end (nothing, or a final semicolon).
-    fn end(&self, i: usize) -> bool {
-        match self.tok(i) {
-            None => true,
-            Some(Token::SemiColon) => self.tok(i + 1).is_none(),
-            _ => false,
-        }
-    }
-
-    fn kw(&self, i: usize, k: &str) -> bool {
-        matches!(self.tok(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k))
-    }
-
-    fn ident(&self, i: usize) -> Option<String> {
-        match self.tok(i) {
-            Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
-            Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
-            _ => None,
-        }
-    }
-
-    fn string(&self, i: usize) -> Option<String> {
-        match self.tok(i) {
-            Some(Token::SingleQuotedString(s)) => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    /// The original text from meaningful token `from` to the end, without a final `;`.
-    fn rest(&self, from: usize) -> String {
-        let Some(&start) = self.at.get(from) else {
-            return String::new();
-        };
-        self.all[start..]
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<String>()
-            .trim()
-            .trim_end_matches(';')
-            .trim()
-            .to_string()
-    }
-
-    /// `(key = value, ...)` at `i`; returns the options and the position after `)`.
-    fn options(&self, mut i: usize) -> Result<(BTreeMap<String, String>, usize)> {
-        if !matches!(self.tok(i), Some(Token::LParen)) {
-            return Err(syntax("expected ( before the option list"));
-        }
-        i += 1;
-        let mut out = BTreeMap::new();
-        if matches!(self.tok(i), Some(Token::RParen)) {
-            return Ok((out, i + 1));
-        }
-        loop {
-            let key = self
-                .ident(i)
-                .ok_or_else(|| syntax("expected an option name"))?
-                .to_ascii_lowercase();
-            if !matches!(self.tok(i + 1), Some(Token::Eq)) {
-                return Err(syntax(format!("expected = after option {key}")));
-            }
-            let value = match self.tok(i + 2) {
-                Some(Token::SingleQuotedString(s)) => s.clone(),
-                Some(Token::Number(n, _)) => n.clone(),
-                Some(Token::Word(w)) => w.value.clone(),
-                _ => {
-                    return Err(syntax(format!(
-                        "option {key} needs a value, like {key} = 'value'"
-                    )));
-                }
-            };
-            if out.insert(key.clone(), value).is_some() {
-                return Err(syntax(format!("option {key} is given twice")));
-            }
-            i += 3;
-            match self.tok(i) {
-                Some(Token::Comma) => i += 1,
-                Some(Token::RParen) => return Ok((out, i + 1)),
-                _ => return Err(syntax("expected , or ) in the option list")),
-            }
-        }
-    }
-}
 
 /// Parses a statement whose first words are `CREATE|ALTER|DROP|REPLAY ROUTE`.
 pub fn parse(text: &str) -> Result<RouteStatement> {

@@ -13,6 +13,7 @@ pub mod parse;
 pub mod query;
 pub mod rewrite;
 pub mod set_show;
+pub mod tokens;
 pub mod txn;
 pub mod users;
 
