@@ -87,6 +87,8 @@ pub struct TypeSpec {
     pub default_batch: usize,
     /// Requests per second the API allows, the rate limiter's ceiling by default.
     pub default_rate: Option<f64>,
+    /// Whether [`Destination::remove`] works for this type, which mirror syncs need.
+    pub removes: bool,
 }
 
 /// Options every type understands.
@@ -102,6 +104,7 @@ pub const TYPES: &[TypeSpec] = &[
         key_required: false,
         max_batch: 10_000,
         default_batch: 100,
+        removes: false,
         default_rate: None,
     },
     TypeSpec {
@@ -114,6 +117,7 @@ pub const TYPES: &[TypeSpec] = &[
         // Professional/Enterprise private apps get 190 requests per 10 seconds.
         max_batch: 100,
         default_batch: 100,
+        removes: false,
         default_rate: Some(19.0),
     },
     TypeSpec {
@@ -125,6 +129,7 @@ pub const TYPES: &[TypeSpec] = &[
         // /users/track: at most 75 attribute objects per request; 3,000 requests per 3 s.
         max_batch: 75,
         default_batch: 75,
+        removes: false,
         default_rate: Some(1000.0),
     },
     TypeSpec {
@@ -137,6 +142,7 @@ pub const TYPES: &[TypeSpec] = &[
         // Engage API: at most 2,000 profile updates per request.
         max_batch: 2_000,
         default_batch: 500,
+        removes: false,
         default_rate: None,
     },
     TypeSpec {
@@ -149,6 +155,7 @@ pub const TYPES: &[TypeSpec] = &[
         // Batch Event Upload API: at most 2,000 events per request.
         max_batch: 2_000,
         default_batch: 1_000,
+        removes: false,
         default_rate: None,
     },
     TypeSpec {
@@ -161,6 +168,7 @@ pub const TYPES: &[TypeSpec] = &[
         key_required: false,
         max_batch: 50_000,
         default_batch: 1_000,
+        removes: true,
         default_rate: None,
     },
     TypeSpec {
@@ -171,6 +179,7 @@ pub const TYPES: &[TypeSpec] = &[
         key_required: true,
         max_batch: 10_000,
         default_batch: 500,
+        removes: true,
         default_rate: None,
     },
     TypeSpec {
@@ -181,6 +190,7 @@ pub const TYPES: &[TypeSpec] = &[
         key_required: false,
         max_batch: 10_000,
         default_batch: 256,
+        removes: false,
         default_rate: None,
     },
 ];
@@ -508,6 +518,21 @@ pub trait Destination: Send + Sync {
     /// [`Destination::finish`] removes only records whose key is gone.
     async fn note_keys(&self, _copy_id: &str, _keys: &[String]) -> Result<(), SendError> {
         Ok(())
+    }
+
+    /// Removes the records with these keys (values of the key field `key`) from the
+    /// destination: what a mirror sync does with rows that left its query since the last
+    /// successful run. Must be safe to call again with the same keys (removing a record that
+    /// is already gone succeeds). Types whose API cannot remove records keep this default,
+    /// and their [`TypeSpec::removes`] is `false`, so a mirror sync to them is refused when
+    /// it is created rather than failing at run time.
+    async fn remove(&self, _copy_id: &str, key: &str, _keys: &[String]) -> Result<(), SendError> {
+        Err(SendError::Fatal {
+            code: "0A000",
+            message: format!(
+                "this destination type cannot remove records (key {key}); use mode 'upsert'"
+            ),
+        })
     }
 
     /// Ends a run that read the whole query (mirror mode removes what left it).
