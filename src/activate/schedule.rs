@@ -106,7 +106,74 @@ pub fn next_after(schedule: &SyncSchedule, after: DateTime<Utc>) -> Option<DateT
             .ok()?
             .find_next_occurrence(&after, false)
             .ok(),
+        // Not a clock: the scheduler watches the model instead (`model_fingerprint`).
+        SyncSchedule::AfterModel { .. } => None,
     }
+}
+
+/// The state of model relation `model` (`schema.name`) that an `AFTER MODEL` sync compares
+/// with the state its last run started for; `None` while no such relation exists.
+///
+/// A table's state is its location and latest Delta version, so every commit to it counts
+/// (`tally models run` and `dbt run` rebuilding it, an incremental MERGE, an INSERT) and so
+/// does a new table swapped in under the name (`dbt run` builds `x__dbt_tmp` and renames it).
+/// Only the log is listed, from `since` (the version seen last time) on, never the table's
+/// files. A view's state is when it was created, which a rebuild of a view model renews;
+/// the data under a view changing is not a build of the view and does not count. An
+/// external table's state is its definition.
+pub async fn model_fingerprint(
+    engine: &crate::engine::Engine,
+    model: &str,
+    since: Option<&str>,
+) -> crate::error::Result<Option<String>> {
+    use crate::catalog::Relation;
+    use deltalake::logstore::LogStore as _;
+    let Some((schema, name)) = model.split_once('.') else {
+        return Ok(None);
+    };
+    let doc = engine.catalog.current();
+    let Some(relation) = doc.schemas.get(schema).and_then(|s| s.relations.get(name)) else {
+        return Ok(None);
+    };
+    Ok(Some(match relation {
+        Relation::Table(t) => {
+            let prefix = format!("table:{}@", t.location);
+            let start = since
+                .and_then(|s| s.strip_prefix(&prefix))
+                .and_then(|v| v.parse::<deltalake::kernel::Version>().ok())
+                .unwrap_or(0);
+            let wh = engine.warehouse();
+            let url = wh.url_of(&t.location)?;
+            let table = deltalake::DeltaTableBuilder::from_url(url)?
+                .with_storage_options(wh.options.clone())
+                .build()?;
+            let store = table.log_store();
+            let version = match store.get_latest_version(start).await {
+                Ok(v) => v,
+                // The log was cleaned up below `start`, or the table is new: list it all.
+                Err(_) if start > 0 => store.get_latest_version(0).await.map_err(|e| {
+                    crate::error::TallyError::Internal(format!("reading {model}'s log: {e}"))
+                })?,
+                Err(e) => {
+                    return Err(crate::error::TallyError::Internal(format!(
+                        "reading {model}'s log: {e}"
+                    )));
+                }
+            };
+            format!("{prefix}{version}")
+        }
+        Relation::View(v) => match &v.created_at {
+            Some(at) => format!("view:{at}"),
+            None => format!(
+                "view:{}",
+                super::destinations::digest_hex(&[v.sql.as_bytes()])
+            ),
+        },
+        Relation::External(e) => format!(
+            "external:{}",
+            super::destinations::digest_hex(&[e.sql.as_bytes()])
+        ),
+    }))
 }
 
 /// How a schedule reads in SQL (`SCHEDULE '...'` or `EVERY '...'`), for `tally.syncs`.
@@ -114,6 +181,7 @@ pub fn display(schedule: &SyncSchedule) -> String {
     match schedule {
         SyncSchedule::Cron { expr } => format!("SCHEDULE '{expr}'"),
         SyncSchedule::Every { text, .. } => format!("EVERY '{text}'"),
+        SyncSchedule::AfterModel { model } => format!("AFTER MODEL {model}"),
     }
 }
 

@@ -113,6 +113,13 @@ pub async fn create(
         .and_then(|s| super::schedule::next_after(s, Utc::now()))
         .map(|t| t.to_rfc3339());
     let schema = crate::statements::names::default_schema(session);
+    let (schedule, model_seen) = match schedule {
+        Some(s) => {
+            let (s, seen) = qualify_model(session, s, &schema).await?;
+            (Some(s), seen)
+        }
+        None => (None, None),
+    };
     let created = change_catalog(session, |doc| {
         if doc.syncs.contains_key(&name) {
             return if if_not_exists {
@@ -141,6 +148,7 @@ pub async fn create(
                 paused: false,
                 next_run_at: next_run_at.clone(),
                 last_scheduled_at: None,
+                model_seen: model_seen.clone(),
             },
         );
         Ok(true)
@@ -157,6 +165,14 @@ pub async fn create(
 /// RESUME starts from the next tick after now: ticks missed while paused are not replayed.
 pub async fn alter(session: &mut Session, name: String, action: AlterSync) -> Result<Output> {
     let now = Utc::now();
+    let (action, model_seen) = match action {
+        AlterSync::SetSchedule(s) => {
+            let schema = crate::statements::names::default_schema(session);
+            let (s, seen) = qualify_model(session, s, &schema).await?;
+            (AlterSync::SetSchedule(s), seen)
+        }
+        other => (other, None),
+    };
     change_catalog(session, |doc| {
         let e = doc
             .syncs
@@ -166,7 +182,10 @@ pub async fn alter(session: &mut Session, name: String, action: AlterSync) -> Re
                 name: name.clone(),
             })?;
         match &action {
-            AlterSync::SetSchedule(s) => e.schedule = Some(s.clone()),
+            AlterSync::SetSchedule(s) => {
+                e.schedule = Some(s.clone());
+                e.model_seen = model_seen.clone();
+            }
             AlterSync::DropSchedule => e.schedule = None,
             AlterSync::Pause => e.paused = true,
             AlterSync::Resume => e.paused = false,
@@ -183,6 +202,29 @@ pub async fn alter(session: &mut Session, name: String, action: AlterSync) -> Re
     .await?;
     tracing::info!(sync = name, ?action, "sync altered");
     Ok(Output::Command(Completion::tag("ALTER SYNC")))
+}
+
+/// For `AFTER MODEL`: the model's qualified name (unqualified names are in `schema`, the
+/// session's default) and its state now, so that the sync runs on the model's next build
+/// rather than at once. A model that does not exist yet is allowed (its first build runs
+/// the sync): dbt projects are often deployed before their first run.
+async fn qualify_model(
+    session: &Session,
+    schedule: SyncSchedule,
+    schema: &str,
+) -> Result<(SyncSchedule, Option<String>)> {
+    match schedule {
+        SyncSchedule::AfterModel { model } => {
+            let model = if model.contains('.') {
+                model
+            } else {
+                format!("{schema}.{model}")
+            };
+            let seen = super::schedule::model_fingerprint(&session.engine, &model, None).await?;
+            Ok((SyncSchedule::AfterModel { model }, seen))
+        }
+        other => Ok((other, None)),
+    }
 }
 
 /// `DROP SYNC [IF EXISTS] name`: forgets the sync and its snapshot. Waits for a run in
@@ -323,6 +365,8 @@ pub enum Trigger {
     Manual,
     /// The scheduler, at a tick of the sync's schedule.
     Schedule,
+    /// The scheduler, after a build of the sync's `AFTER MODEL` model.
+    Model,
 }
 
 impl Trigger {
@@ -331,6 +375,7 @@ impl Trigger {
         match self {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
+            Trigger::Model => "model",
         }
     }
 }
@@ -438,7 +483,7 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
             "sync run finished"
         ),
     }
-    let scheduled_at = (trigger == Trigger::Schedule).then(|| started.to_rfc3339());
+    let scheduled_at = (trigger != Trigger::Manual).then(|| started.to_rfc3339());
     change_catalog(session, |doc| {
         if let Some(e) = doc.syncs.get_mut(&name) {
             e.runs += 1;
@@ -643,7 +688,7 @@ fn literal(text: &str) -> Result<(String, &str)> {
     ))
 }
 
-/// An optional `SCHEDULE '<cron>'` or `EVERY '<interval>'` at the start of `text`, checked
+/// An optional `SCHEDULE '<cron>'`, `EVERY '<interval>'` or `AFTER MODEL <model>` at the start of `text`, checked
 /// (22023 when it cannot be used), and what follows it.
 fn schedule_clause(text: &str) -> Result<(Option<SyncSchedule>, &str)> {
     let (kw, after) = next_word(text);
@@ -653,6 +698,26 @@ fn schedule_clause(text: &str) -> Result<(Option<SyncSchedule>, &str)> {
     } else if kw.eq_ignore_ascii_case("every") {
         let (lit, rest) = literal(after)?;
         Ok((Some(super::schedule::every(&lit)?), rest))
+    } else if kw.eq_ignore_ascii_case("after") {
+        let (model_kw, after_model) = next_word(after);
+        let (name, rest) = next_word(after_model);
+        let name = name.trim_end_matches(';');
+        if !model_kw.eq_ignore_ascii_case("model") || name.is_empty() {
+            return Err(TallyError::syntax(
+                "syntax error: expected AFTER MODEL <model>, e.g. AFTER MODEL analytics.cohort",
+            ));
+        }
+        let model = name
+            .split('.')
+            .map(
+                |part| match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                    Some(quoted) => quoted.to_string(),
+                    None => part.to_ascii_lowercase(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok((Some(SyncSchedule::AfterModel { model }), rest))
     } else {
         Ok((None, text))
     }
@@ -691,7 +756,7 @@ pub fn parse(text: &str) -> Result<SyncStatement> {
             let (kw, rest) = next_word(rest);
             if !kw.eq_ignore_ascii_case("as") {
                 return Err(syntax(
-                    "CREATE SYNC name [SCHEDULE '<cron>' | EVERY '<interval>'] AS COPY (query) TO DESTINATION d WITH (...)",
+                    "CREATE SYNC name [SCHEDULE '<cron>' | EVERY '<interval>' | AFTER MODEL <model>] AS COPY (query) TO DESTINATION d WITH (...)",
                 ));
             }
             let copy_sql = rest.trim().trim_end_matches(';').trim().to_string();
@@ -707,7 +772,7 @@ pub fn parse(text: &str) -> Result<SyncStatement> {
                 .get(2)
                 .map(|w| ident(w))
                 .ok_or_else(|| syntax("ALTER SYNC needs a name"))?;
-            let usage = "ALTER SYNC name SET SCHEDULE '<cron>' | SET EVERY '<interval>' | DROP SCHEDULE | PAUSE | RESUME";
+            let usage = "ALTER SYNC name SET SCHEDULE '<cron>' | SET EVERY '<interval>' | SET AFTER MODEL <model> | DROP SCHEDULE | PAUSE | RESUME";
             let rest = skip_words(text, 3);
             let (first, after) = next_word(rest);
             let action = match first.to_ascii_lowercase().trim_end_matches(';') {

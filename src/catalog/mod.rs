@@ -134,6 +134,10 @@ pub struct SyncEntry {
     /// RFC 3339 start of the last run the scheduler started.
     #[serde(default)]
     pub last_scheduled_at: Option<String>,
+    /// `AFTER MODEL` syncs: the model's state (`activate::schedule::model_fingerprint`) the
+    /// last run was started for; a different state starts the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_seen: Option<String>,
 }
 
 /// A sync's schedule as stored (checked by `activate::schedule` when written).
@@ -151,6 +155,13 @@ pub enum SyncSchedule {
         text: String,
         /// The interval in milliseconds.
         millis: u64,
+    },
+    /// Whenever the model relation `schema.name` has been rebuilt or changed: a new Delta
+    /// version of a table (or a new table under the name, as `dbt run` swaps them in), or a
+    /// view created again. See `activate::schedule::model_fingerprint`.
+    AfterModel {
+        /// The model's qualified name.
+        model: String,
     },
 }
 
@@ -303,6 +314,11 @@ pub struct ViewEntry {
     /// `COMMENT ON COLUMN`, by column.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub column_comments: BTreeMap<String, String>,
+    /// RFC 3339 time of the `CREATE [OR REPLACE] VIEW` that made it: a view model rebuilt
+    /// by `dbt run` or `tally models run` gets a new one, which is how `AFTER MODEL` syncs
+    /// over views notice the build. Views tally makes itself leave it empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 /// An external table.

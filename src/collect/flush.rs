@@ -334,6 +334,7 @@ impl Flusher {
                                 default_schema: Some(schema.clone()),
                                 comment: None,
                                 column_comments: Default::default(),
+                                created_at: None,
                             }),
                         );
                     }

@@ -453,6 +453,7 @@ async fn create(
         default_schema: Some(q.schema.clone()),
         comment: None,
         column_comments: Default::default(),
+        created_at: None,
     };
     let stored = change_catalog(session, |doc| {
         if doc.identity_graphs.contains_key(&key) {

@@ -15,9 +15,18 @@
 //!   progress; a run cut short leaves the snapshot as it was and is resent next time (at
 //!   least once).
 //!
+//! - **`AFTER MODEL`** syncs run when their model has been built (see
+//!   `activate::schedule::model_fingerprint`: a new Delta version or a new table under the
+//!   name, a view created again), whoever built it: `tally models run`, `dbt run` or plain
+//!   SQL. The model is polled every [`MODEL_POLL`] and a new state must be seen twice in a
+//!   row before the sync runs, so a build that commits several times (create, then swap)
+//!   runs the sync once, after it settled. The state a run started for is kept in the
+//!   catalog: a build during downtime runs the sync once after restart; a build while the
+//!   sync is running waits for that run to end.
+//!
 //! The lock is per server: two servers over one warehouse may each schedule the same sync.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +34,18 @@ use chrono::{DateTime, Utc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::activate::schedule::model_fingerprint;
 use crate::activate::schedule::next_after;
 use crate::activate::syncs::{Trigger, run_once};
-use crate::catalog::{CatalogDoc, SyncSchedule};
+use crate::catalog::{CatalogDoc, SyncEntry, SyncSchedule};
 use crate::engine::Engine;
 
 /// How often the scheduler looks for due syncs (the resolution of `EVERY`).
 const TICK: Duration = Duration::from_millis(200);
 /// How often it rereads the catalog from storage (changes by this server are seen at once).
 const REFRESH: Duration = Duration::from_secs(2);
+/// How often `AFTER MODEL` syncs look at their model (a listing of its Delta log).
+pub const MODEL_POLL: Duration = Duration::from_secs(1);
 
 /// The running scheduler; [`SchedulerHandle::shutdown`] stops it.
 pub struct SchedulerHandle {
@@ -100,6 +112,89 @@ async fn set_next(
     }
 }
 
+/// Starts one run of sync `name` in `runs`, holding `guard` (its lock) until it ends.
+fn spawn_run(
+    runs: &mut JoinSet<String>,
+    engine: &Arc<Engine>,
+    name: &str,
+    entry: &SyncEntry,
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    trigger: Trigger,
+) {
+    let engine = engine.clone();
+    let name = name.to_string();
+    let schema = entry.default_schema.clone();
+    runs.spawn(async move {
+        let _guard = guard;
+        let _statement = engine.statement_started();
+        let mut session = engine.new_session("tally");
+        if let Err(e) = session.set("search_path", &schema) {
+            tracing::warn!(sync = name, error = %e, "cannot set the sync's schema");
+        }
+        if let Err(e) = run_once(&mut session, &name, trigger).await {
+            tracing::warn!(sync = name, trigger = trigger.as_str(), error = %e, "sync run failed");
+        }
+        name
+    });
+}
+
+/// The new state of an `AFTER MODEL` sync's model once it has settled (the same state at
+/// two polls in a row and different from the one the last run started for), else `None`.
+async fn model_built(
+    engine: &Engine,
+    name: &str,
+    model: &str,
+    entry: &SyncEntry,
+    settling: &mut HashMap<String, String>,
+) -> Option<String> {
+    let state = match model_fingerprint(engine, model, entry.model_seen.as_deref()).await {
+        Ok(Some(state)) => state,
+        // Not there (yet, or between the two renames of a swap).
+        Ok(None) => {
+            settling.remove(name);
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(sync = name, model, error = %e, "cannot read the sync's model");
+            return None;
+        }
+    };
+    if entry.model_seen.as_deref() == Some(state.as_str()) {
+        settling.remove(name);
+        return None;
+    }
+    if settling.get(name) == Some(&state) {
+        return Some(state);
+    }
+    tracing::debug!(
+        sync = name,
+        model,
+        state,
+        "model changed; waiting for it to settle"
+    );
+    settling.insert(name.to_string(), state);
+    None
+}
+
+/// Stores the model state an `AFTER MODEL` run starts for, unless the sync changed meanwhile.
+async fn set_model_seen(engine: &Engine, name: &str, seen: &SyncEntry, state: String) {
+    let result = engine
+        .catalog
+        .mutate(|doc| {
+            if let Some(e) = doc.syncs.get_mut(name)
+                && e.schedule == seen.schedule
+                && e.model_seen == seen.model_seen
+            {
+                e.model_seen = Some(state.clone());
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(sync = name, error = %e, "scheduler could not store the model state");
+    }
+}
+
 /// What to do with a scheduled sync at `now`.
 #[derive(Debug, PartialEq, Eq)]
 enum Plan {
@@ -124,6 +219,9 @@ async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
     let mut runs: JoinSet<String> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
     let mut last_refresh = tokio::time::Instant::now();
+    let mut last_model_poll = tokio::time::Instant::now();
+    // AFTER MODEL syncs: the model state seen at the last poll, not yet run for.
+    let mut settling: HashMap<String, String> = HashMap::new();
     tracing::info!("sync scheduler started");
     loop {
         while let Some(done) = runs.try_join_next() {
@@ -147,11 +245,34 @@ async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
             engine.catalog.current()
         };
         let now = Utc::now();
+        let poll_models = last_model_poll.elapsed() >= MODEL_POLL;
+        if poll_models {
+            last_model_poll = tokio::time::Instant::now();
+        }
         for (name, entry) in &doc.syncs {
             let Some(schedule) = &entry.schedule else {
                 continue;
             };
             if entry.paused || running.contains(name) {
+                continue;
+            }
+            if let SyncSchedule::AfterModel { model } = schedule {
+                if !poll_models {
+                    continue;
+                }
+                let Some(state) = model_built(&engine, name, model, entry, &mut settling).await
+                else {
+                    continue;
+                };
+                let lock = engine.activation.sync_lock(name);
+                let Ok(guard) = lock.try_lock_owned() else {
+                    // RUN SYNC is running: the build is run for once it ends.
+                    continue;
+                };
+                settling.remove(name);
+                set_model_seen(&engine, name, entry, state).await;
+                running.insert(name.clone());
+                spawn_run(&mut runs, &engine, name, entry, guard, Trigger::Model);
                 continue;
             }
             let next = match plan(schedule, entry.next_run_at.as_deref(), now) {
@@ -173,21 +294,7 @@ async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
             };
             set_next(&engine, name, entry, next).await;
             running.insert(name.clone());
-            let engine = engine.clone();
-            let name = name.clone();
-            let schema = entry.default_schema.clone();
-            runs.spawn(async move {
-                let _guard = guard;
-                let _statement = engine.statement_started();
-                let mut session = engine.new_session("tally");
-                if let Err(e) = session.set("search_path", &schema) {
-                    tracing::warn!(sync = name, error = %e, "cannot set the sync's schema");
-                }
-                if let Err(e) = run_once(&mut session, &name, Trigger::Schedule).await {
-                    tracing::warn!(sync = name, error = %e, "scheduled sync run failed");
-                }
-                name
-            });
+            spawn_run(&mut runs, &engine, name, entry, guard, Trigger::Schedule);
         }
         tokio::select! {
             _ = cancel.cancelled() => break,

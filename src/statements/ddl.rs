@@ -514,6 +514,7 @@ pub async fn create_view(session: &mut Session, cv: CreateView) -> Result<Output
                 default_schema: Some(default_schema.clone()),
                 comment: None,
                 column_comments: Default::default(),
+                created_at: Some(chrono::Utc::now().to_rfc3339()),
             }),
         );
         Ok(true)

@@ -349,3 +349,120 @@ async fn a_sync_runs_table_from_before_schedules_gains_the_trigger_column() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["trigger"], "manual", "{runs:?}");
 }
+
+/// Runs of `sync` started by a build of its model.
+async fn model_runs(c: &Client, sync: &str) -> Vec<BTreeMap<String, String>> {
+    rows(
+        c,
+        &format!(
+            "SELECT run_id, rows_delivered AS rows_sent, status FROM tally.sync_runs \
+             WHERE sync = '{sync}' AND trigger = 'model' ORDER BY started_at"
+        ),
+    )
+    .await
+}
+
+/// Polls until `sync` has `at_least` model-triggered runs that finished.
+async fn wait_for_model_runs(
+    c: &Client,
+    sync: &str,
+    at_least: usize,
+) -> Vec<BTreeMap<String, String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = model_runs(c, sync).await;
+        if runs.len() >= at_least {
+            return runs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} model runs of {sync}, wanted {at_least}",
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_after_model_sync_runs_when_its_model_is_built() {
+    let mut server = TestServer::start().await;
+    let c = server.client().await;
+    let (addr, recv) = start_receiver(0).await;
+    setup(&c, addr).await;
+    c.batch_execute(
+        "CREATE SCHEMA marts; CREATE TABLE marts.cohort AS SELECT id, email FROM users; \
+         CREATE SYNC cohort_out AFTER MODEL marts.cohort AS COPY (SELECT id, email FROM marts.cohort) \
+         TO DESTINATION hooks WITH (mode = 'upsert', key = 'id')",
+    )
+    .await
+    .expect("create after-model sync");
+    let s = rows(&c, "SELECT schedule, next_run_at FROM tally.syncs").await;
+    assert_eq!(s[0]["schedule"], "AFTER MODEL marts.cohort", "{s:?}");
+    assert_eq!(s[0]["next_run_at"], "NULL", "{s:?}");
+
+    // Creating the sync over an existing model is not a build: nothing runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(model_runs(&c, "cohort_out").await.is_empty());
+    assert_eq!(recv.requests.load(Ordering::SeqCst), 0);
+
+    // An incremental build (a new Delta version) runs it: first run, every row.
+    c.batch_execute("INSERT INTO marts.cohort VALUES (3, 'c@x.io')")
+        .await
+        .expect("incremental build");
+    let runs = wait_for_model_runs(&c, "cohort_out", 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:?}");
+    assert_eq!(runs[0]["rows_sent"], "3", "{runs:?}");
+
+    // A dbt-style rebuild: a new table swapped in under the model's name by two renames.
+    c.batch_execute(
+        "CREATE TABLE marts.cohort__dbt_tmp AS SELECT id, email FROM marts.cohort \
+           UNION ALL SELECT 4, 'd@x.io'; \
+         ALTER TABLE marts.cohort RENAME TO cohort__dbt_backup; \
+         ALTER TABLE marts.cohort__dbt_tmp RENAME TO cohort; \
+         DROP TABLE marts.cohort__dbt_backup",
+    )
+    .await
+    .expect("swap build");
+    let runs = wait_for_model_runs(&c, "cohort_out", 2).await;
+    assert_eq!(runs[1]["rows_sent"], "1", "only the new row: {runs:?}");
+
+    // The state a run started for is kept: a restart does not run the sync again, and a
+    // build while the server was down runs it once after the restart.
+    server.restart().await;
+    let c = server.client().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(model_runs(&c, "cohort_out").await.len(), 2);
+    c.batch_execute("UPDATE marts.cohort SET email = 'a2@x.io' WHERE id = 1")
+        .await
+        .expect("build after restart");
+    let runs = wait_for_model_runs(&c, "cohort_out", 3).await;
+    assert_eq!(runs[2]["rows_sent"], "1", "{runs:?}");
+
+    // A view model runs its sync when the view is created again.
+    c.batch_execute(
+        "CREATE VIEW marts.active AS SELECT id, email FROM users WHERE id < 3; \
+         CREATE SYNC active_out AFTER MODEL marts.active AS COPY (SELECT * FROM marts.active) \
+         TO DESTINATION hooks WITH (mode = 'upsert', key = 'id'); \
+         CREATE OR REPLACE VIEW marts.active AS SELECT id, email FROM users WHERE id < 3",
+    )
+    .await
+    .expect("view model");
+    let runs = wait_for_model_runs(&c, "active_out", 1).await;
+    assert_eq!(runs[0]["rows_sent"], "2", "{runs:?}");
+
+    // Unqualified names are in the session's schema; a bad clause is a syntax error.
+    c.batch_execute("ALTER SYNC active_out SET AFTER MODEL users")
+        .await
+        .expect("set after model");
+    let s = rows(
+        &c,
+        "SELECT schedule FROM tally.syncs WHERE name = 'active_out'",
+    )
+    .await;
+    assert_eq!(s[0]["schedule"], "AFTER MODEL public.users", "{s:?}");
+    let e = c
+        .batch_execute("CREATE SYNC bad AFTER MODUL x AS COPY (SELECT 1 AS id) TO DESTINATION hooks WITH (key = 'id')")
+        .await
+        .expect_err("bad clause");
+    assert_eq!(code(&e), "42601", "{e}");
+}
