@@ -474,6 +474,17 @@ pub enum SendError {
         /// The response body or error message (truncated).
         body: String,
     },
+    /// Some records of the batch were refused for good and every other record of it was
+    /// applied: what APIs that answer per record report (Salesforce sObject Collections with
+    /// `allOrNone=false`, Zendesk job results, Google Ads partial failures, one request per
+    /// record for Intercom). The engine records exactly these rows as rejected and counts the
+    /// rest as delivered, without resending anything (bisection would send the applied rows
+    /// again).
+    #[error("the destination refused {} record(s) of the batch", .rejected.len())]
+    PartlyRejected {
+        /// The refused records, by position in [`Batch::records`].
+        rejected: Vec<RecordRejection>,
+    },
     /// Nothing will work until the user changes something (credentials, URL, table): the COPY
     /// stops with this error.
     #[error("{message}")]
@@ -483,6 +494,27 @@ pub enum SendError {
         /// What happened (no secrets).
         message: String,
     },
+}
+
+/// One record a destination refused for good inside a batch it otherwise applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRejection {
+    /// Position of the record in [`Batch::records`].
+    pub index: usize,
+    /// HTTP status (or the vendor's per-record equivalent), when there is one.
+    pub status: Option<u16>,
+    /// The vendor's reason (truncated, no secrets).
+    pub body: String,
+}
+
+/// The outcome of a batch whose records got individual verdicts: `Ok` when none was
+/// refused, [`SendError::PartlyRejected`] otherwise.
+pub fn partly_rejected(rejected: Vec<RecordRejection>) -> Result<(), SendError> {
+    if rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(SendError::PartlyRejected { rejected })
+    }
 }
 
 /// Truncates a response body for storage and messages.
@@ -566,12 +598,27 @@ pub async fn build(name: &str, entry: &DestinationEntry) -> Result<Box<dyn Desti
     })
 }
 
-/// Sorts an HTTP response into success or a [`SendError`]: the contract every HTTP API
-/// destination shares.
-pub async fn http_outcome(
+/// An HTTP answer read in full, before it is sorted into success or failure: for vendors
+/// that look at the body of some statuses before [`http_classify`] (Salesforce's 403
+/// `REQUEST_LIMIT_EXCEEDED` is a throttle, Meta's 400 with error code 190 a bad token).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, when sent.
+    pub retry_after: Option<Duration>,
+    /// The response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+/// Reads an HTTP response; transport failures (timeouts, resets, refused connections) are
+/// transient.
+pub async fn http_read(
     destination: &str,
     result: std::result::Result<reqwest::Response, reqwest::Error>,
-) -> Result<String, SendError> {
+) -> Result<HttpAnswer, SendError> {
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -584,8 +631,8 @@ pub async fn http_outcome(
         }
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
+    let headers = resp.headers().clone();
+    let retry_after = headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
@@ -601,6 +648,23 @@ pub async fn http_outcome(
             });
         }
     };
+    Ok(HttpAnswer {
+        status,
+        retry_after,
+        headers,
+        body,
+    })
+}
+
+/// Sorts a read answer: 2xx is the body; 429 throttled; 408 and 5xx transient; 401/403
+/// fatal (credentials); 404/405 fatal (endpoint); other 4xx rejected.
+pub fn http_classify(destination: &str, answer: HttpAnswer) -> Result<String, SendError> {
+    let HttpAnswer {
+        status,
+        retry_after,
+        body,
+        ..
+    } = answer;
     match status {
         200..=299 => Ok(body),
         429 => Err(SendError::Throttled {
@@ -631,6 +695,16 @@ pub async fn http_outcome(
             body: truncate(&body),
         }),
     }
+}
+
+/// Sorts an HTTP response into success or a [`SendError`]: the contract every HTTP API
+/// destination shares.
+pub async fn http_outcome(
+    destination: &str,
+    result: std::result::Result<reqwest::Response, reqwest::Error>,
+) -> Result<String, SendError> {
+    let answer = http_read(destination, result).await?;
+    http_classify(destination, answer)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
