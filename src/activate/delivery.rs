@@ -158,6 +158,29 @@ impl<'a> Deliverer<'a> {
                         todo.push((lo, mid));
                     }
                 }
+                Err(SendError::PartlyRejected { rejected }) => {
+                    let mut refused = vec![None; part.len()];
+                    for r in rejected {
+                        if let Some(slot) = refused.get_mut(r.index) {
+                            *slot = Some((r.status, r.body));
+                        }
+                    }
+                    for (record, verdict) in part.iter().zip(refused) {
+                        match verdict {
+                            Some((status, body)) => {
+                                tracing::info!(
+                                    destination = self.destination_name,
+                                    copy_id = self.copy_id,
+                                    row = record.ordinal,
+                                    status,
+                                    "destination rejected a row"
+                                );
+                                self.reject(record, status, body);
+                            }
+                            None => self.stats.delivered += 1,
+                        }
+                    }
+                }
                 Err(SendError::Fatal { code, message }) => {
                     return Err(TallyError::Destination { code, message });
                 }
@@ -312,6 +335,56 @@ mod tests {
             key: Some(i.to_string()),
             fields,
         }
+    }
+
+    /// Applies every record but those with a "bad" field, and says which in one answer.
+    #[derive(Default)]
+    struct PerRecord {
+        applied: Mutex<Vec<u64>>,
+        requests: Mutex<u64>,
+    }
+
+    #[async_trait]
+    impl Destination for PerRecord {
+        async fn send(&self, batch: &Batch<'_>) -> Result<(), SendError> {
+            *self.requests.lock() += 1;
+            let mut refused = vec![];
+            for (index, r) in batch.records.iter().enumerate() {
+                if r.fields.contains_key("bad") {
+                    refused.push(crate::activate::destinations::RecordRejection {
+                        index,
+                        status: Some(400),
+                        body: "invalid".into(),
+                    });
+                } else {
+                    self.applied.lock().push(r.ordinal);
+                }
+            }
+            crate::activate::destinations::partly_rejected(refused)
+        }
+    }
+
+    #[tokio::test]
+    async fn per_record_verdicts_reject_exactly_those_rows_without_resending() {
+        let dest = PerRecord::default();
+        let limiter = Arc::new(AimdLimiter::new(None));
+        let mut d = Deliverer::new(
+            "t",
+            &dest,
+            limiter,
+            RetryPolicy::default(),
+            "c1",
+            Mode::Upsert,
+            Some("id"),
+        );
+        let records: Vec<Record> = (0..10).map(|i| record(i, i == 3 || i == 7)).collect();
+        d.deliver(&records).await.expect("delivers");
+        assert_eq!(d.stats.delivered, 8);
+        assert_eq!(d.stats.rejected, 2);
+        assert_eq!(*dest.requests.lock(), 1);
+        assert_eq!(dest.applied.lock().clone(), vec![0, 1, 2, 4, 5, 6, 8, 9]);
+        let bad: Vec<u64> = d.rejected.iter().map(|r| r.ordinal).collect();
+        assert_eq!(bad, vec![3, 7]);
     }
 
     #[tokio::test]

@@ -170,7 +170,8 @@ pub enum SyncSchedule {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DestinationEntry {
     /// Destination type (`webhook`, `hubspot`, `braze`, `mixpanel`, `amplitude`, `postgres`,
-    /// `redis`, `nats`).
+    /// `redis`, `nats`, `salesforce`, `intercom`, `zendesk`, `google_ads_customer_match`,
+    /// `meta_custom_audiences`, `file`).
     pub destination_type: String,
     /// Options by (lower-case) name.
     #[serde(default)]

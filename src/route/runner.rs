@@ -769,6 +769,19 @@ impl State {
                 Err(SendError::Rejected { status, body }) if hi - lo == 1 => {
                     out[lo] = Some(Outcome::Rejected { status, body });
                 }
+                Err(SendError::PartlyRejected { rejected }) => {
+                    for o in &mut out[lo..hi] {
+                        *o = Some(Outcome::Delivered);
+                    }
+                    for r in rejected {
+                        if let Some(o) = out[lo..hi].get_mut(r.index) {
+                            *o = Some(Outcome::Rejected {
+                                status: r.status,
+                                body: r.body,
+                            });
+                        }
+                    }
+                }
                 Err(SendError::Rejected { .. }) => {
                     let mid = lo + (hi - lo) / 2;
                     todo.push((mid, hi));
@@ -1004,6 +1017,9 @@ fn clone_error(e: &SendError) -> SendError {
         SendError::Rejected { status, body } => SendError::Rejected {
             status: *status,
             body: body.clone(),
+        },
+        SendError::PartlyRejected { rejected } => SendError::PartlyRejected {
+            rejected: rejected.clone(),
         },
         SendError::Fatal { code, message } => SendError::Fatal {
             code,

@@ -9,12 +9,19 @@
 
 pub mod amplitude;
 pub mod braze;
+pub mod file;
+pub mod google_ads;
 pub mod hubspot;
+pub mod intercom;
+pub mod matching;
+pub mod meta;
 pub mod mixpanel;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod salesforce;
 pub mod webhook;
+pub mod zendesk;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -193,6 +200,106 @@ pub const TYPES: &[TypeSpec] = &[
         removes: false,
         default_rate: None,
     },
+    TypeSpec {
+        name: "salesforce",
+        required: &["instance_url", "access_token", "object"],
+        optional: &[
+            "external_id_field",
+            "api_version",
+            "bulk",
+            "poll_interval_ms",
+        ],
+        modes: &[Mode::Upsert],
+        key_required: true,
+        // sObject Collections: at most 200 records per request (the default batch). With
+        // bulk = 'true' each batch is one Bulk API 2.0 ingest job, up to 10,000 rows here
+        // (Bulk API's own ceiling is 150 MB of CSV per job). Salesforce limits requests per
+        // 24 hours per org, not per second: no default ceiling, 403 REQUEST_LIMIT_EXCEEDED
+        // throttles.
+        max_batch: 10_000,
+        default_batch: 200,
+        removes: true,
+        default_rate: None,
+    },
+    TypeSpec {
+        name: "intercom",
+        required: &["access_token"],
+        optional: &["id_field", "role", "api_version", "base_url", "concurrency"],
+        modes: &[Mode::Insert, Mode::Update, Mode::Upsert],
+        key_required: true,
+        // No batch endpoint: a batch is sent one record per request, `concurrency` at a time;
+        // its size only bounds what one retry may redo. Intercom allows 10,000 calls per
+        // minute per app (and answers 429 with X-RateLimit-Reset): the limiter paces batches,
+        // the 429s pace the records.
+        max_batch: 1_000,
+        default_batch: 100,
+        removes: false,
+        default_rate: None,
+    },
+    TypeSpec {
+        name: "zendesk",
+        required: &[],
+        optional: &[
+            "subdomain",
+            "base_url",
+            "email",
+            "api_token",
+            "oauth_token",
+            "id_field",
+            "poll_interval_ms",
+        ],
+        modes: &[Mode::Upsert],
+        key_required: true,
+        // create_or_update_many: at most 100 users per request. The smallest Support plans
+        // allow 200 requests per minute; one batch is a request plus job polls.
+        max_batch: 100,
+        default_batch: 100,
+        removes: false,
+        default_rate: Some(3.0),
+    },
+    TypeSpec {
+        name: "google_ads_customer_match",
+        required: &[
+            "customer_id",
+            "user_list_id",
+            "developer_token",
+            "access_token",
+        ],
+        optional: &["login_customer_id", "api_version", "base_url"],
+        modes: &[Mode::Insert, Mode::Upsert],
+        key_required: false,
+        // addOperations: at most 100,000 identifiers per request, and a row carries up to two
+        // (email, phone); Google recommends about 10,000 per call.
+        max_batch: 50_000,
+        default_batch: 10_000,
+        removes: true,
+        default_rate: None,
+    },
+    TypeSpec {
+        name: "meta_custom_audiences",
+        required: &["audience_id", "access_token"],
+        optional: &["api_version", "base_url"],
+        modes: &[Mode::Insert, Mode::Upsert],
+        key_required: false,
+        // /{audience_id}/users: at most 10,000 rows per request.
+        max_batch: 10_000,
+        default_batch: 10_000,
+        removes: true,
+        default_rate: None,
+    },
+    TypeSpec {
+        name: "file",
+        required: &[],
+        optional: &["url", "path", "format", "compression"],
+        modes: &[Mode::Insert],
+        key_required: false,
+        // Batches are appended to one file as they come; the size only sets how many rows a
+        // write holds.
+        max_batch: 100_000,
+        default_batch: 10_000,
+        removes: false,
+        default_rate: None,
+    },
 ];
 
 /// The spec of type `name`.
@@ -260,6 +367,15 @@ pub fn display_value(option: &str, value: &str) -> String {
     value.to_string()
 }
 
+/// Groups of options of which a type needs at least one, beyond its `required` ones.
+fn needs_one_of(type_name: &str) -> &'static [&'static [&'static str]] {
+    match type_name {
+        "zendesk" => &[&["subdomain", "base_url"], &["api_token", "oauth_token"]],
+        "file" => &[&["url", "path"]],
+        _ => &[],
+    }
+}
+
 /// Checks a destination's options against its type: every option known, every required one
 /// present (directly or as `<option>_env`), numbers where numbers are expected.
 pub fn validate(type_name: &str, options: &BTreeMap<String, String>) -> Result<()> {
@@ -291,12 +407,24 @@ pub fn validate(type_name: &str, options: &BTreeMap<String, String>) -> Result<(
             )));
         }
     }
+    for group in needs_one_of(type_name) {
+        let given =
+            |o: &&str| options.contains_key(*o) || options.contains_key(&format!("{o}_env"));
+        if !group.iter().any(given) {
+            return Err(invalid(format!(
+                "a {type_name} destination needs one of the options {}",
+                group.join(", ")
+            )));
+        }
+    }
     for k in [
         "batch_size",
         "timeout_ms",
         "max_retries",
         "ttl_seconds",
         "port",
+        "poll_interval_ms",
+        "concurrency",
     ] {
         if let Some(v) = options.get(k) {
             v.parse::<u64>().map_err(|_| {
@@ -474,6 +602,17 @@ pub enum SendError {
         /// The response body or error message (truncated).
         body: String,
     },
+    /// Some records of the batch were refused for good and every other record of it was
+    /// applied: what APIs that answer per record report (Salesforce sObject Collections with
+    /// `allOrNone=false`, Zendesk job results, Google Ads partial failures, one request per
+    /// record for Intercom). The engine records exactly these rows as rejected and counts the
+    /// rest as delivered, without resending anything (bisection would send the applied rows
+    /// again).
+    #[error("the destination refused {} record(s) of the batch", .rejected.len())]
+    PartlyRejected {
+        /// The refused records, by position in [`Batch::records`].
+        rejected: Vec<RecordRejection>,
+    },
     /// Nothing will work until the user changes something (credentials, URL, table): the COPY
     /// stops with this error.
     #[error("{message}")]
@@ -483,6 +622,27 @@ pub enum SendError {
         /// What happened (no secrets).
         message: String,
     },
+}
+
+/// One record a destination refused for good inside a batch it otherwise applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRejection {
+    /// Position of the record in [`Batch::records`].
+    pub index: usize,
+    /// HTTP status (or the vendor's per-record equivalent), when there is one.
+    pub status: Option<u16>,
+    /// The vendor's reason (truncated, no secrets).
+    pub body: String,
+}
+
+/// The outcome of a batch whose records got individual verdicts: `Ok` when none was
+/// refused, [`SendError::PartlyRejected`] otherwise.
+pub fn partly_rejected(rejected: Vec<RecordRejection>) -> Result<(), SendError> {
+    if rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(SendError::PartlyRejected { rejected })
+    }
 }
 
 /// Truncates a response body for storage and messages.
@@ -558,6 +718,12 @@ pub async fn build(name: &str, entry: &DestinationEntry) -> Result<Box<dyn Desti
         "postgres" => Box::new(postgres::Postgres::new(&opts)?),
         "redis" => Box::new(redis::Redis::new(&opts)?),
         "nats" => Box::new(nats::Nats::new(&opts)?),
+        "salesforce" => Box::new(salesforce::Salesforce::new(&opts)?),
+        "intercom" => Box::new(intercom::Intercom::new(&opts)?),
+        "zendesk" => Box::new(zendesk::Zendesk::new(&opts)?),
+        "google_ads_customer_match" => Box::new(google_ads::GoogleAds::new(&opts)?),
+        "meta_custom_audiences" => Box::new(meta::MetaAudience::new(&opts)?),
+        "file" => Box::new(file::FileDestination::new(&opts)?),
         other => {
             return Err(spec(other)
                 .err()
@@ -566,12 +732,27 @@ pub async fn build(name: &str, entry: &DestinationEntry) -> Result<Box<dyn Desti
     })
 }
 
-/// Sorts an HTTP response into success or a [`SendError`]: the contract every HTTP API
-/// destination shares.
-pub async fn http_outcome(
+/// An HTTP answer read in full, before it is sorted into success or failure: for vendors
+/// that look at the body of some statuses before [`http_classify`] (Salesforce's 403
+/// `REQUEST_LIMIT_EXCEEDED` is a throttle, Meta's 400 with error code 190 a bad token).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, when sent.
+    pub retry_after: Option<Duration>,
+    /// The response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+/// Reads an HTTP response; transport failures (timeouts, resets, refused connections) are
+/// transient.
+pub async fn http_read(
     destination: &str,
     result: std::result::Result<reqwest::Response, reqwest::Error>,
-) -> Result<String, SendError> {
+) -> Result<HttpAnswer, SendError> {
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -584,8 +765,8 @@ pub async fn http_outcome(
         }
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
+    let headers = resp.headers().clone();
+    let retry_after = headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
@@ -601,6 +782,23 @@ pub async fn http_outcome(
             });
         }
     };
+    Ok(HttpAnswer {
+        status,
+        retry_after,
+        headers,
+        body,
+    })
+}
+
+/// Sorts a read answer: 2xx is the body; 429 throttled; 408 and 5xx transient; 401/403
+/// fatal (credentials); 404/405 fatal (endpoint); other 4xx rejected.
+pub fn http_classify(destination: &str, answer: HttpAnswer) -> Result<String, SendError> {
+    let HttpAnswer {
+        status,
+        retry_after,
+        body,
+        ..
+    } = answer;
     match status {
         200..=299 => Ok(body),
         429 => Err(SendError::Throttled {
@@ -631,6 +829,16 @@ pub async fn http_outcome(
             body: truncate(&body),
         }),
     }
+}
+
+/// Sorts an HTTP response into success or a [`SendError`]: the contract every HTTP API
+/// destination shares.
+pub async fn http_outcome(
+    destination: &str,
+    result: std::result::Result<reqwest::Response, reqwest::Error>,
+) -> Result<String, SendError> {
+    let answer = http_read(destination, result).await?;
+    http_classify(destination, answer)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -713,6 +921,12 @@ mod tests {
             validate("carrier_pigeon", &h).unwrap_err().sqlstate(),
             "22023"
         );
+        let mut z = BTreeMap::new();
+        z.insert("subdomain".to_string(), "acme".to_string());
+        assert!(validate("zendesk", &z).is_err(), "no credentials");
+        z.insert("api_token_env".to_string(), "ZD".to_string());
+        assert!(validate("zendesk", &z).is_ok());
+        assert!(validate("file", &BTreeMap::new()).is_err(), "no url");
     }
 
     #[test]
