@@ -12,4 +12,5 @@ mod routes;
 mod scheduler;
 mod slt;
 mod streams;
+mod syncs;
 mod wire;
