@@ -67,8 +67,16 @@ pub struct DeliveryStats {
     pub retried: u64,
     /// Requests made, retries and bisection included.
     pub requests: u64,
-    /// Records removed by mirror mode.
+    /// Records removed by mirror mode (a COPY's, or a mirror sync's removals).
     pub removed: u64,
+}
+
+/// One request of the delivery engine.
+enum Request<'b> {
+    /// A batch of rows.
+    Send(&'b Batch<'b>),
+    /// Removal of the records with these values of the key field.
+    Remove { key: &'b str, keys: &'b [String] },
 }
 
 /// Delivers the batches of one COPY.
@@ -181,21 +189,101 @@ impl<'a> Deliverer<'a> {
                         }
                     }
                 }
-                Err(SendError::Fatal { code, message }) => {
-                    return Err(TallyError::Destination { code, message });
-                }
-                Err(e @ (SendError::Transient { .. } | SendError::Throttled { .. })) => {
-                    return Err(TallyError::Destination {
-                        code: "08006",
-                        message: format!(
-                            "giving up on destination {} after {} retries: {e}",
-                            self.destination_name, self.policy.max_retries
-                        ),
-                    });
-                }
+                Err(e) => return Err(self.stop(e)),
             }
         }
         Ok(())
+    }
+
+    /// Removes the records with `keys` at the destination (a mirror sync's rows that left
+    /// its query), retrying transient failures and throttles and splitting a refused batch
+    /// to find the keys at fault, like [`Deliverer::deliver`]. Refused keys go to
+    /// `tally.rejected_rows` (numbered from `first_ordinal`) and their positions in `keys`
+    /// are returned; fails only when the run cannot go on.
+    pub async fn remove(&mut self, keys: &[String], first_ordinal: u64) -> Result<Vec<usize>> {
+        let Some(key) = self.key else {
+            return Err(TallyError::Internal("removing records needs a key".into()));
+        };
+        let mut refused = vec![];
+        let mut todo = vec![(0usize, keys.len())];
+        while let Some((lo, hi)) = todo.pop() {
+            if lo >= hi {
+                continue;
+            }
+            let part = &keys[lo..hi];
+            let outcome = self
+                .with_retries(part.len(), Request::Remove { key, keys: part })
+                .await;
+            match outcome {
+                Ok(()) => self.stats.removed += part.len() as u64,
+                Err(SendError::Rejected { status, body }) => {
+                    if part.len() == 1 {
+                        tracing::info!(
+                            destination = self.destination_name,
+                            copy_id = self.copy_id,
+                            key = part[0],
+                            status,
+                            "destination refused to remove a record"
+                        );
+                        let record = Record {
+                            ordinal: first_ordinal + lo as u64,
+                            key: Some(part[0].clone()),
+                            fields: serde_json::Map::from_iter([
+                                ("op".to_string(), Value::from("remove")),
+                                (key.to_string(), Value::from(part[0].as_str())),
+                            ]),
+                        };
+                        self.reject(&record, status, body);
+                        refused.push(lo);
+                    } else {
+                        let mid = lo + part.len() / 2;
+                        todo.push((mid, hi));
+                        todo.push((lo, mid));
+                    }
+                }
+                Err(SendError::PartlyRejected { rejected }) => {
+                    let mut verdicts = vec![None; part.len()];
+                    for r in rejected {
+                        if let Some(slot) = verdicts.get_mut(r.index) {
+                            *slot = Some((r.status, r.body));
+                        }
+                    }
+                    for (i, verdict) in verdicts.into_iter().enumerate() {
+                        match verdict {
+                            Some((status, body)) => {
+                                let record = Record {
+                                    ordinal: first_ordinal + (lo + i) as u64,
+                                    key: Some(part[i].clone()),
+                                    fields: serde_json::Map::from_iter([
+                                        ("op".to_string(), Value::from("remove")),
+                                        (key.to_string(), Value::from(part[i].as_str())),
+                                    ]),
+                                };
+                                self.reject(&record, status, body);
+                                refused.push(lo + i);
+                            }
+                            None => self.stats.removed += 1,
+                        }
+                    }
+                }
+                Err(e) => return Err(self.stop(e)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// The COPY's error for a failure the engine does not handle itself.
+    fn stop(&self, e: SendError) -> TallyError {
+        match e {
+            SendError::Fatal { code, message } => TallyError::Destination { code, message },
+            other => TallyError::Destination {
+                code: "08006",
+                message: format!(
+                    "giving up on destination {} after {} retries: {other}",
+                    self.destination_name, self.policy.max_retries
+                ),
+            },
+        }
     }
 
     /// Sends one batch, retrying transient failures and throttles.
@@ -206,6 +294,22 @@ impl<'a> Deliverer<'a> {
             key: self.key,
             records,
             idempotency_key: batch_idempotency_key(self.copy_id, records),
+        };
+        self.with_retries(records.len(), Request::Send(&batch))
+            .await
+    }
+
+    /// Runs one request (about `rows` rows) through the rate limiter, with the request
+    /// timeout, retrying transient failures with backoff and throttles after their
+    /// `Retry-After`.
+    async fn with_retries(&mut self, rows: usize, request: Request<'_>) -> Result<(), SendError> {
+        let dest = self.dest;
+        let copy_id = self.copy_id;
+        let op = || async {
+            match &request {
+                Request::Send(batch) => dest.send(batch).await,
+                Request::Remove { key, keys } => dest.remove(copy_id, key, keys).await,
+            }
         };
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.policy.min_delay)
@@ -218,18 +322,17 @@ impl<'a> Deliverer<'a> {
         loop {
             self.limiter.acquire().await;
             self.stats.requests += 1;
-            let outcome =
-                match tokio::time::timeout(self.policy.timeout, self.dest.send(&batch)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SendError::Transient {
-                        message: format!(
-                            "destination {} did not answer within {} ms",
-                            self.destination_name,
-                            self.policy.timeout.as_millis()
-                        ),
-                        retry_after: None,
-                    }),
-                };
+            let outcome = match tokio::time::timeout(self.policy.timeout, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::Transient {
+                    message: format!(
+                        "destination {} did not answer within {} ms",
+                        self.destination_name,
+                        self.policy.timeout.as_millis()
+                    ),
+                    retry_after: None,
+                }),
+            };
             let wait = match outcome {
                 Ok(()) => return Ok(()),
                 Err(SendError::Throttled {
@@ -270,7 +373,7 @@ impl<'a> Deliverer<'a> {
                 }
                 Err(other) => return Err(other),
             };
-            self.stats.retried += records.len() as u64;
+            self.stats.retried += rows as u64;
             tokio::time::sleep(wait).await;
         }
     }

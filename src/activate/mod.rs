@@ -27,6 +27,7 @@
 
 pub mod delivery;
 pub mod destinations;
+pub mod diff;
 pub mod limiter;
 pub mod rejected;
 pub mod rows;

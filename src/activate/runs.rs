@@ -40,12 +40,18 @@ pub struct SyncRun {
     pub rows_unchanged: u64,
     /// Rows the destination accepted.
     pub rows_delivered: u64,
-    /// Rows the destination refused (sent again next run).
+    /// Rows the destination refused (sent again next run), and keys it refused to remove
+    /// (removal tried again next run).
     pub rows_failed: u64,
     /// The error of a failed run.
     pub error: Option<String>,
     /// `manual` (RUN SYNC) or `schedule` (the scheduler).
     pub trigger: String,
+    /// Records a mirror sync removed at the destination.
+    pub rows_removed: u64,
+    /// Milliseconds spent computing the change set (the diff plan's time, without sending
+    /// and without writing the snapshot).
+    pub diff_ms: u64,
 }
 
 /// The table's columns.
@@ -65,6 +71,9 @@ pub fn schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, true),
         // Nullable and last: tables written before schedules existed gain it by schema merge.
         Field::new("trigger", DataType::Utf8, true),
+        // Nullable and last for the same reason: NULL in runs from before mirror syncs.
+        Field::new("rows_removed", DataType::Int64, true),
+        Field::new("diff_ms", DataType::Int64, true),
     ]))
 }
 
@@ -89,6 +98,8 @@ pub async fn append(warehouse: &Warehouse, run: &SyncRun) -> Result<()> {
             n(run.rows_failed),
             Arc::new(StringArray::from(vec![run.error.clone()])),
             Arc::new(StringArray::from(vec![run.trigger.as_str()])),
+            n(run.rows_removed),
+            n(run.diff_ms),
         ],
     )
     .map_err(|e| TallyError::DataFusion(e.into()))?;

@@ -486,7 +486,8 @@ fn result_output(destination: &str, copy_id: &str, stats: &DeliveryStats) -> Res
     )?)))
 }
 
-fn fatal(e: SendError) -> TallyError {
+/// The COPY's error for a destination failure outside the delivery engine.
+pub fn fatal(e: SendError) -> TallyError {
     match e {
         SendError::Fatal { code, message } => TallyError::Destination { code, message },
         other => TallyError::Destination {
@@ -497,7 +498,7 @@ fn fatal(e: SendError) -> TallyError {
 }
 
 /// Rejected rows are flushed to `tally.rejected_rows` once this many are pending.
-const REJECTED_FLUSH: usize = 1_000;
+pub const REJECTED_FLUSH: usize = 1_000;
 
 async fn copy_to_destination(
     session: &mut Session,
@@ -505,30 +506,42 @@ async fn copy_to_destination(
     name: &str,
     options: &BTreeMap<String, String>,
 ) -> Result<Output> {
-    let (copy_id, stats) = run_copy(session, query_text, name, options, None).await?;
+    let (copy_id, stats) = run_copy(session, query_text, name, options).await?;
     result_output(name, &copy_id, &stats)
 }
 
-/// Decides, row by row, what a COPY sends: a sync sends only rows that changed since its
-/// last run, and learns which rows the destination refused.
-pub trait RowFilter: Send {
-    /// Whether to send `record` (already mapped).
-    fn wants(&mut self, record: &Record) -> bool;
-    /// The destination refused the row with this key for good.
-    fn failed(&mut self, key: &str);
-    /// Mode checks before anything is sent.
-    fn check_mode(&self, mode: Mode) -> Result<()>;
+/// A COPY made ready to run: its query planned, its options checked, its destination built.
+pub struct PreparedCopy {
+    /// The query, planned and not yet executed.
+    pub df: datafusion::dataframe::DataFrame,
+    /// How result columns become destination fields.
+    pub mapping: super::rows::Mapping,
+    /// The key's destination field name.
+    pub key_field: Option<String>,
+    /// The destination.
+    pub dest: Box<dyn destinations::Destination>,
+    /// The destination type's contract.
+    pub spec: &'static destinations::TypeSpec,
+    /// The destination's rate limiter.
+    pub limiter: Arc<super::limiter::AimdLimiter>,
+    /// This COPY's id.
+    pub copy_id: String,
+    /// How rows are applied.
+    pub mode: Mode,
+    /// Rows per request.
+    pub batch_size: usize,
+    /// Retries and timeouts.
+    pub policy: RetryPolicy,
 }
 
-/// Runs a COPY to destination `name`, sending the rows `filter` wants (all without one).
-/// Returns the copy id and what was delivered.
-pub async fn run_copy(
+/// Plans the COPY of `query_text` to destination `name` with COPY `options` and builds the
+/// destination (nothing is sent and nothing connects yet).
+pub async fn prepare_copy(
     session: &mut Session,
     query_text: &str,
     name: &str,
     options: &BTreeMap<String, String>,
-    mut filter: Option<&mut dyn RowFilter>,
-) -> Result<(String, DeliveryStats)> {
+) -> Result<PreparedCopy> {
     let entry = session
         .catalog
         .doc()
@@ -541,9 +554,6 @@ pub async fn run_copy(
         })?;
     let spec = destinations::spec(&entry.destination_type)?;
     let opts = copy_options(spec, &entry.options, options)?;
-    if let Some(f) = filter.as_ref() {
-        f.check_mode(opts.mode)?;
-    }
 
     let stmt = Parser::parse_sql(&PostgreSqlDialect {}, query_text)
         .map_err(|e| syntax(format!("in the COPY query: {e}")))?
@@ -566,58 +576,70 @@ pub async fn run_copy(
         None => spec.default_rate,
     };
     let limiter = session.engine.activation.limiter(name, ceiling);
-    let copy_id = uuid::Uuid::new_v4().to_string();
-    tracing::info!(destination = name, copy_id = %copy_id, mode = opts.mode.as_str(), "COPY TO DESTINATION started");
-    dest.begin(&copy_id, opts.mode, key_field.as_deref())
+    Ok(PreparedCopy {
+        df,
+        mapping,
+        key_field,
+        dest,
+        spec,
+        limiter,
+        copy_id: uuid::Uuid::new_v4().to_string(),
+        mode: opts.mode,
+        batch_size: opts.batch_size,
+        policy: opts.policy,
+    })
+}
+
+/// Runs a COPY to destination `name`. Returns the copy id and what was delivered.
+pub async fn run_copy(
+    session: &mut Session,
+    query_text: &str,
+    name: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(String, DeliveryStats)> {
+    let p = prepare_copy(session, query_text, name, options).await?;
+    let copy_id = p.copy_id.clone();
+    let key_field = p.key_field.as_deref();
+    tracing::info!(destination = name, copy_id = %copy_id, mode = p.mode.as_str(), "COPY TO DESTINATION started");
+    p.dest
+        .begin(&copy_id, p.mode, key_field)
         .await
         .map_err(fatal)?;
 
-    let mut stream = df.execute_stream().await.map_err(unwrap_datafusion)?;
+    let mut stream = p.df.execute_stream().await.map_err(unwrap_datafusion)?;
     let mut deliverer = Deliverer::new(
         name,
-        dest.as_ref(),
-        limiter,
-        opts.policy.clone(),
+        p.dest.as_ref(),
+        p.limiter.clone(),
+        p.policy.clone(),
         &copy_id,
-        opts.mode,
-        key_field.as_deref(),
+        p.mode,
+        key_field,
     );
     let warehouse = session.engine.warehouse().clone();
-    let mut pending: Vec<Record> = Vec::with_capacity(opts.batch_size);
+    let mut pending: Vec<Record> = Vec::with_capacity(p.batch_size);
     let mut ordinal = 0u64;
     let outcome: Result<()> = async {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(unwrap_datafusion)?;
-            let records = mapping.records(&batch, ordinal)?;
+            let records = p.mapping.records(&batch, ordinal)?;
             ordinal += batch.num_rows() as u64;
-            if opts.mode == Mode::Mirror {
+            if p.mode == Mode::Mirror {
                 let keys: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
-                dest.note_keys(&copy_id, &keys).await.map_err(fatal)?;
+                p.dest.note_keys(&copy_id, &keys).await.map_err(fatal)?;
             }
             for r in records {
-                if opts.key.is_some() && r.key.is_none() {
+                if key_field.is_some() && r.key.is_none() {
                     deliverer.reject_locally(&r, "the key column is null");
                     continue;
                 }
-                if let Some(f) = filter.as_mut()
-                    && !f.wants(&r)
-                {
-                    continue;
-                }
                 pending.push(r);
-                if pending.len() >= opts.batch_size {
+                if pending.len() >= p.batch_size {
                     deliverer.deliver(&pending).await?;
                     pending.clear();
                 }
             }
             if deliverer.rejected.len() >= REJECTED_FLUSH {
-                if let Some(f) = filter.as_mut() {
-                    for r in &deliverer.rejected {
-                        if let Some(k) = &r.key {
-                            f.failed(k);
-                        }
-                    }
-                }
                 rejected::append(&warehouse, &deliverer.rejected).await?;
                 deliverer.rejected.clear();
             }
@@ -627,20 +649,14 @@ pub async fn run_copy(
             pending.clear();
         }
         // Mirror removals only after the whole query was read and sent.
-        deliverer.stats.removed = dest
-            .finish(&copy_id, opts.mode, key_field.as_deref())
+        deliverer.stats.removed = p
+            .dest
+            .finish(&copy_id, p.mode, key_field)
             .await
             .map_err(fatal)?;
         Ok(())
     }
     .await;
-    if let Some(f) = filter.as_mut() {
-        for r in &deliverer.rejected {
-            if let Some(k) = &r.key {
-                f.failed(k);
-            }
-        }
-    }
     // Refused rows are kept even when the COPY stops early.
     let kept = rejected::append(&warehouse, &deliverer.rejected).await;
     let stats = deliverer.stats.clone();

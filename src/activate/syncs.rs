@@ -10,13 +10,32 @@
 //! DROP SYNC trials_to_crm;
 //! ```
 //!
-//! Each run hashes every result row (its mapped JSON) and compares it with the snapshot of
-//! the last successful run, a Delta table of `(row_key, row_hash)` under
-//! `_tally/activation/syncs/<name>/snapshot`; only rows whose key is new or whose hash
-//! changed are sent. After the run the snapshot is replaced by the keys the query returned,
-//! without the rows the destination refused, so those are sent again by the next run. A run
-//! that fails leaves the snapshot as it was: the next run resends everything changed since
-//! the last success (at least once).
+//! Each run diffs the query result against the snapshot of the last successful run, a Delta
+//! table of `(row_key, row_hash)` under `_tally/activation/syncs/<name>/snapshot`, with one
+//! streamed DataFusion plan ([`super::diff`]): only rows whose key is new or whose hash
+//! changed are sent. The new snapshot is written from the same stream: the keys the query
+//! returned, without the rows the destination refused, so those are sent again by the next
+//! run. A run that fails leaves the snapshot as it was: the next run resends everything
+//! changed since the last success (at least once). Memory stays bounded: the diff is
+//! DataFusion's hash join (its build side, about 16 bytes per key plus the key's text, is
+//! accounted in the session's memory pool), and the run holds at most one record batch of the
+//! result and one request's worth of rows.
+//!
+//! `mode = 'mirror'` makes the destination follow the query: rows are sent as upserts, and
+//! the keys of the last snapshot that the query no longer returns are removed at the
+//! destination ([`super::destinations::Destination::remove`], in batches of the COPY's
+//! `batch_size`), counted as `rows_removed` in `tally.sync_runs`. A key whose removal the
+//! destination refused (it lands in `tally.rejected_rows`, counted in `rows_failed`) stays in
+//! the new snapshot, so the next run tries again; a removal that fails for good (retries run
+//! out, credentials) fails the run, and the next run tries again from the old snapshot. The
+//! first run of a mirror sync has no snapshot, so it removes nothing: records the destination
+//! held before the sync existed are never touched (use `COPY ... WITH (mode = 'mirror')` once
+//! for a destination-side reset where the type supports it). A mirror sync is refused at
+//! `CREATE SYNC` (0A000) when the destination's type cannot remove records
+//! ([`super::destinations::TypeSpec::removes`]).
+//!
+//! Keys should be unique in the query, as for any upsert: a key returned twice is compared
+//! (and may be sent) once per row.
 //!
 //! The query's names resolve with the search path of the session that runs it (the default
 //! schema at creation is stored for when the scheduler runs syncs without a session).
@@ -25,30 +44,32 @@
 //! (`crate::scheduler`) run the sync on its own; `ALTER SYNC ... PAUSE | RESUME` holds and
 //! releases it. Runs of one sync never overlap within a server (see
 //! [`super::Activation::sync_lock`]).
-//!
-//! Not yet: mirror syncs (removing rows that left the query at
-//! the destination), and the diff as a DataFusion anti-join (the snapshot is read into
-//! memory, about 100 bytes per key).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::datasource::TableProvider;
 use datafusion::physical_plan::memory::MemoryStream;
-use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
-use super::destinations::{Mode, Record};
-use super::statements::{ActivateStatement, RowFilter, run_copy};
+use super::delivery::{Deliverer, DeliveryStats};
+use super::destinations::{Mode, Record, TypeSpec};
+use super::diff::{self, SnapshotWriter};
+use super::statements::{ActivateStatement, REJECTED_FLUSH, fatal, prepare_copy};
 use crate::catalog::{SyncEntry, SyncSchedule};
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
 use crate::statements::{Completion, Output, change_catalog};
-use crate::storage::delta::{DeltaTableProvider, create_table, open_table};
+use crate::storage::Warehouse;
+use crate::storage::delta::{DeltaTableProvider, open_table};
 
 /// The snapshot's location for sync `name`.
 fn snapshot_location(name: &str) -> String {
@@ -66,14 +87,32 @@ fn snapshot_location(name: &str) -> String {
     format!("_tally/activation/syncs/{safe}_{tag}/snapshot/")
 }
 
-fn snapshot_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("row_key", DataType::Utf8, false),
-        Field::new("row_hash", DataType::Utf8, false),
-    ]))
+/// Whether a sync's COPY options ask for a mirror, and the options its COPY runs with: a
+/// mirror sync sends its rows as upserts and removes the rest itself.
+fn sync_options(options: &BTreeMap<String, String>) -> Result<(bool, BTreeMap<String, String>)> {
+    let mirror = match options.get("mode") {
+        Some(m) => Mode::parse(m)? == Mode::Mirror,
+        None => false,
+    };
+    let mut o = options.clone();
+    if mirror {
+        o.insert("mode".into(), "upsert".into());
+    }
+    Ok((mirror, o))
 }
 
-/// The COPY a sync runs, checked: a key is required and mirror is not supported yet.
+/// A mirror sync needs a destination type that upserts and removes records.
+fn check_mirror(spec: &TypeSpec, destination: &str) -> Result<()> {
+    if !spec.removes || !spec.modes.contains(&Mode::Upsert) {
+        return Err(TallyError::Unsupported(format!(
+            "a mirror sync removes the records that left its query, and {} destinations cannot remove records (destination {destination}); use mode 'upsert'",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+/// The COPY a sync runs, checked: a key is required.
 fn check_copy(stmt: &ActivateStatement) -> Result<()> {
     let ActivateStatement::Copy { options, .. } = stmt else {
         return Err(TallyError::syntax(
@@ -99,13 +138,24 @@ pub async fn create(
 ) -> Result<Output> {
     let stmt = super::statements::parse(&copy_sql)?;
     check_copy(&stmt)?;
-    if let ActivateStatement::Copy { destination, .. } = &stmt
-        && !session.catalog.doc().destinations.contains_key(destination)
+    if let ActivateStatement::Copy {
+        destination,
+        options,
+        ..
+    } = &stmt
     {
-        return Err(TallyError::NotFound {
-            kind: "destination",
-            name: destination.clone(),
-        });
+        let Some(dest) = session.catalog.doc().destinations.get(destination).cloned() else {
+            return Err(TallyError::NotFound {
+                kind: "destination",
+                name: destination.clone(),
+            });
+        };
+        if sync_options(options)?.0 {
+            check_mirror(
+                super::destinations::spec(&dest.destination_type)?,
+                destination,
+            )?;
+        }
     }
     let now = Utc::now().to_rfc3339();
     let next_run_at = schedule
@@ -249,113 +299,245 @@ pub async fn drop(session: &mut Session, name: String, if_exists: bool) -> Resul
     Ok(Output::Command(Completion::tag("DROP SYNC")))
 }
 
-/// The diff of one run against the snapshot.
-struct Diff {
-    old: HashMap<String, String>,
-    new: HashMap<String, String>,
+/// The snapshot table of the last successful run, if there is one. Errors other than "no
+/// table there" fail the run: treating an unreadable snapshot as none would forget what a
+/// mirror sync has to remove.
+async fn read_snapshot(wh: &Warehouse, location: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+    let log = wh.path_of(&format!("{location}_delta_log"));
+    match wh.store.list(Some(&log)).next().await {
+        None => return Ok(None),
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(_)) => {}
+    }
+    let table = open_table(&wh.url_of(location)?, &wh.options).await?;
+    Ok(Some(Arc::new(DeltaTableProvider::try_new(table).await?)))
+}
+
+/// The counts of one run so far (kept for `tally.sync_runs` when the run fails too).
+#[derive(Debug, Default)]
+struct Counts {
     added: u64,
     changed: u64,
     unchanged: u64,
+    left_query: u64,
+    /// Time spent computing the change set: waiting for the diff plan's batches and
+    /// sorting them out (not sending, not writing the snapshot).
+    diff: Duration,
 }
 
-impl RowFilter for Diff {
-    fn wants(&mut self, record: &Record) -> bool {
-        let Some(key) = &record.key else {
-            return true;
-        };
-        let json = serde_json::Value::Object(record.fields.clone()).to_string();
-        let hash = super::destinations::digest_hex(&[json.as_bytes()])[..32].to_string();
-        let send = match self.old.get(key) {
-            Some(h) if *h == hash => {
-                self.unchanged += 1;
-                false
-            }
-            Some(_) => {
-                self.changed += 1;
-                true
-            }
-            None => {
-                self.added += 1;
-                true
-            }
-        };
-        self.new.insert(key.clone(), hash);
-        send
+/// The rows of one run whose fate is not settled yet.
+struct Pending {
+    /// Records waiting to fill a request.
+    records: Vec<Record>,
+    /// `(first ordinal, (row_key, row_hash))` of sent rows not yet written to the snapshot.
+    held: VecDeque<(u64, RecordBatch)>,
+    /// Ordinals the destination refused (sent rows) that are not yet settled.
+    refused: BTreeSet<u64>,
+    /// How many of the deliverer's rejected rows were noted in `refused`.
+    seen: usize,
+    /// Rows that left the query, waiting for a removal request (mirror syncs).
+    gone: Vec<RecordBatch>,
+    gone_rows: usize,
+    /// The next ordinal: rows sent and keys removed are numbered in one sequence.
+    ordinal: u64,
+}
+
+impl Pending {
+    fn note_refused(&mut self, d: &Deliverer<'_>) {
+        for r in &d.rejected[self.seen..] {
+            self.refused.insert(r.ordinal);
+        }
+        self.seen = d.rejected.len();
     }
 
-    fn failed(&mut self, key: &str) {
-        self.new.remove(key);
+    /// Writes the held snapshot rows below ordinal `upto` (whose delivery is settled),
+    /// without refused rows and rows without a key.
+    async fn release(&mut self, upto: u64, writer: &mut SnapshotWriter) -> Result<()> {
+        while let Some((start, b)) = self.held.pop_front() {
+            let end = start + b.num_rows() as u64;
+            let n = upto.min(end).saturating_sub(start) as usize;
+            if n == 0 {
+                self.held.push_front((start, b));
+                break;
+            }
+            let part = b.slice(0, n);
+            let keys = part.column(0);
+            let keep =
+                BooleanArray::from_iter((0..n).map(|i| {
+                    Some(!keys.is_null(i) && !self.refused.contains(&(start + i as u64)))
+                }));
+            writer
+                .write(
+                    filter_record_batch(&part, &keep)
+                        .map_err(|e| TallyError::DataFusion(e.into()))?,
+                )
+                .await?;
+            if n < b.num_rows() {
+                self.held
+                    .push_front((start + n as u64, b.slice(n, b.num_rows() - n)));
+            }
+        }
+        self.refused = self.refused.split_off(&upto);
+        Ok(())
     }
 
-    fn check_mode(&self, mode: Mode) -> Result<()> {
-        if mode == Mode::Mirror {
-            return Err(TallyError::Unsupported(
-                "mirror syncs are not supported yet (they need deletes at the destination); use mode 'upsert'".into(),
-            ));
+    /// Removes up to `max` of the rows that left the query; keys the destination refused
+    /// to remove stay in the new snapshot.
+    async fn remove(
+        &mut self,
+        max: usize,
+        d: &mut Deliverer<'_>,
+        writer: &mut SnapshotWriter,
+    ) -> Result<()> {
+        if self.gone_rows == 0 {
+            return Ok(());
+        }
+        let err = |e: datafusion::arrow::error::ArrowError| TallyError::DataFusion(e.into());
+        let all = concat_batches(&self.gone[0].schema(), &self.gone).map_err(err)?;
+        let n = max.min(all.num_rows());
+        let now = all.slice(0, n);
+        self.gone = if n < all.num_rows() {
+            vec![all.slice(n, all.num_rows() - n)]
+        } else {
+            vec![]
+        };
+        self.gone_rows -= n;
+        let keys = diff::key_texts(&now)?;
+        let refused = d.remove(&keys, self.ordinal).await?;
+        self.ordinal += n as u64;
+        if !refused.is_empty() {
+            let idx = UInt32Array::from_iter_values(refused.iter().map(|&i| i as u32));
+            writer
+                .write(take_record_batch(&now, &idx).map_err(err)?)
+                .await?;
         }
         Ok(())
     }
 }
 
-async fn read_snapshot(session: &Session, location: &str) -> Result<HashMap<String, String>> {
-    let wh = session.engine.warehouse();
-    let Ok(table) = open_table(&wh.url_of(location)?, &wh.options).await else {
-        return Ok(HashMap::new());
-    };
-    let provider = Arc::new(DeltaTableProvider::try_new(table).await?);
-    let mut stream = session
-        .ctx
-        .read_table(provider)
-        .map_err(unwrap_datafusion)?
-        .execute_stream()
+/// One sync run: the diff streamed, changed rows delivered, (mirror) rows that left the
+/// query removed, and the new snapshot committed at the end, only if everything succeeded.
+async fn sync_copy(
+    session: &mut Session,
+    query: &str,
+    destination: &str,
+    options: &BTreeMap<String, String>,
+    location: &str,
+    counts: &mut Counts,
+) -> Result<(String, DeliveryStats)> {
+    let (mirror, copy_options) = sync_options(options)?;
+    let p = prepare_copy(session, query, destination, &copy_options).await?;
+    if mirror {
+        check_mirror(p.spec, destination)?;
+    }
+    let key_field = p.key_field.as_deref();
+    let copy_id = p.copy_id.clone();
+    let wh = session.engine.warehouse().clone();
+    let old = read_snapshot(&wh, location).await?;
+    let plan = diff::plan(&session.ctx, p.df, &p.mapping, old)?;
+    p.dest
+        .begin(&copy_id, p.mode, key_field)
         .await
-        .map_err(unwrap_datafusion)?;
-    let mut out = HashMap::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(unwrap_datafusion)?;
-        let col = |n: &str| {
-            batch
-                .column_by_name(n)
-                .and_then(|c| datafusion::arrow::compute::cast(c, &DataType::Utf8).ok())
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-                .ok_or_else(|| {
-                    TallyError::Internal(format!("sync snapshot has no text column {n}"))
-                })
-        };
-        let (k, h) = (col("row_key")?, col("row_hash")?);
-        for i in 0..batch.num_rows() {
-            if !k.is_null(i) && !h.is_null(i) {
-                out.insert(k.value(i).to_string(), h.value(i).to_string());
+        .map_err(fatal)?;
+    let mut writer =
+        SnapshotWriter::start(&session.ctx, &wh, location, plan.snapshot.clone()).await?;
+    let mut d = Deliverer::new(
+        destination,
+        p.dest.as_ref(),
+        p.limiter.clone(),
+        p.policy.clone(),
+        &copy_id,
+        p.mode,
+        key_field,
+    );
+    let batch_size = p.batch_size;
+    let mut st = Pending {
+        records: Vec::with_capacity(batch_size),
+        held: VecDeque::new(),
+        refused: BTreeSet::new(),
+        seen: 0,
+        gone: vec![],
+        gone_rows: 0,
+        ordinal: 0,
+    };
+    let outcome: Result<()> = async {
+        let t = Instant::now();
+        let mut stream = plan.df.execute_stream().await.map_err(unwrap_datafusion)?;
+        counts.diff += t.elapsed();
+        loop {
+            let t = Instant::now();
+            let Some(batch) = stream.next().await else {
+                counts.diff += t.elapsed();
+                break;
+            };
+            let s = diff::split(
+                &batch.map_err(unwrap_datafusion)?,
+                &plan.payload,
+                &plan.snapshot,
+            )?;
+            counts.diff += t.elapsed();
+            counts.added += s.added;
+            counts.changed += s.changed;
+            counts.unchanged += s.unchanged;
+            writer.write(s.keep).await?;
+            if s.gone.num_rows() > 0 {
+                counts.left_query += s.gone.num_rows() as u64;
+                // Without mirror, rows that left the query simply leave the snapshot.
+                if mirror {
+                    st.gone_rows += s.gone.num_rows();
+                    st.gone.push(s.gone);
+                    while st.gone_rows >= batch_size {
+                        st.remove(batch_size, &mut d, &mut writer).await?;
+                    }
+                }
+            }
+            let records = p.mapping.records(&s.send, st.ordinal)?;
+            st.held.push_back((st.ordinal, s.send_snapshot));
+            st.ordinal += s.send.num_rows() as u64;
+            for r in records {
+                if r.key.is_none() {
+                    d.reject_locally(&r, "the key column is null");
+                    continue;
+                }
+                st.records.push(r);
+                if st.records.len() >= batch_size {
+                    d.deliver(&st.records).await?;
+                    st.records.clear();
+                }
+            }
+            st.note_refused(&d);
+            let upto = st.records.first().map_or(st.ordinal, |r| r.ordinal);
+            st.release(upto, &mut writer).await?;
+            if d.rejected.len() >= REJECTED_FLUSH {
+                super::rejected::append(&wh, &d.rejected).await?;
+                d.rejected.clear();
+                st.seen = 0;
             }
         }
+        if !st.records.is_empty() {
+            d.deliver(&st.records).await?;
+            st.records.clear();
+        }
+        st.note_refused(&d);
+        st.release(u64::MAX, &mut writer).await?;
+        while st.gone_rows > 0 {
+            st.remove(batch_size, &mut d, &mut writer).await?;
+        }
+        Ok(())
     }
-    Ok(out)
-}
-
-async fn write_snapshot(
-    session: &Session,
-    location: &str,
-    rows: &HashMap<String, String>,
-) -> Result<()> {
-    let wh = session.engine.warehouse();
-    let url = wh.url_of(location)?;
-    let table = match open_table(&url, &wh.options).await {
-        Ok(t) => t,
-        Err(_) => create_table(&url, &wh.options, "sync_snapshot", &snapshot_schema()).await?,
+    .await;
+    // Refused rows are kept even when the run stops early.
+    let kept = super::rejected::append(&wh, &d.rejected).await;
+    let stats = d.stats.clone();
+    let committed = match (outcome, kept) {
+        (Ok(()), Ok(())) => writer.commit().await,
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            writer.abort().await;
+            Err(e)
+        }
     };
-    let batch = RecordBatch::try_new(
-        snapshot_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(rows.keys())),
-            Arc::new(StringArray::from_iter_values(rows.values())),
-        ],
-    )
-    .map_err(|e| TallyError::DataFusion(e.into()))?;
-    table
-        .write(vec![batch])
-        .with_save_mode(SaveMode::Overwrite)
-        .await?;
-    Ok(())
+    committed?;
+    Ok((copy_id, stats))
 }
 
 /// Who started a sync run, recorded in `tally.sync_runs.trigger`.
@@ -393,6 +575,10 @@ pub struct RunReport {
     pub unchanged: u64,
     /// Keys of the last snapshot the query no longer returns.
     pub left_query: u64,
+    /// Records a mirror sync removed at the destination.
+    pub removed: u64,
+    /// Milliseconds spent computing the change set (see `tally.sync_runs.diff_ms`).
+    pub diff_ms: u64,
     /// Rows the destination accepted.
     pub delivered: u64,
     /// Rows the destination refused for good.
@@ -427,30 +613,27 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
         )));
     };
     let location = snapshot_location(&name);
-    let mut diff = Diff {
-        old: read_snapshot(session, &location).await?,
-        new: HashMap::new(),
-        added: 0,
-        changed: 0,
-        unchanged: 0,
-    };
+    let mut counts = Counts::default();
     let started = Utc::now();
     let started_at = started.timestamp_micros();
     tracing::info!(sync = name, trigger = trigger.as_str(), "sync run starts");
-    let result = run_copy(session, &query, &destination, &options, Some(&mut diff)).await;
+    let outcome = sync_copy(
+        session,
+        &query,
+        &destination,
+        &options,
+        &location,
+        &mut counts,
+    )
+    .await;
     let now = Utc::now().to_rfc3339();
-    let outcome = match result {
-        Ok((copy_id, stats)) => match write_snapshot(session, &location, &diff.new).await {
-            Ok(()) => Ok((copy_id, stats)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
     let (status, error, sent, failed) = match &outcome {
         Ok((_, s)) => ("succeeded", None, s.delivered, s.rejected),
         Err(e) => ("failed", Some(e.to_string()), 0, 0),
     };
-    let unchanged = diff.unchanged;
+    let unchanged = counts.unchanged;
+    let removed = outcome.as_ref().map_or(0, |(_, s)| s.removed);
+    let diff_ms = counts.diff.as_millis() as u64;
     let run = super::runs::SyncRun {
         sync: name.clone(),
         run_id: outcome
@@ -460,13 +643,15 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
         started_at,
         finished_at: Utc::now().timestamp_micros(),
         status: status.to_string(),
-        rows_added: diff.added,
-        rows_changed: diff.changed,
+        rows_added: counts.added,
+        rows_changed: counts.changed,
         rows_unchanged: unchanged,
         rows_delivered: sent,
         rows_failed: failed,
         error: error.clone(),
         trigger: trigger.as_str().to_string(),
+        rows_removed: removed,
+        diff_ms,
     };
     if let Err(e) = super::runs::append(session.engine.warehouse(), &run).await {
         tracing::warn!(sync = name, error = %e, "could not record the sync run in tally.sync_runs");
@@ -479,7 +664,9 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
             sync = name,
             trigger = trigger.as_str(),
             delivered = sent,
+            removed,
             failed,
+            diff_ms,
             "sync run finished"
         ),
     }
@@ -501,17 +688,14 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
     })
     .await?;
     let (copy_id, stats) = outcome?;
-    let left_query = diff
-        .old
-        .keys()
-        .filter(|k| !diff.new.contains_key(*k))
-        .count() as u64;
     Ok(RunReport {
         copy_id,
-        added: diff.added,
-        changed: diff.changed,
-        unchanged: diff.unchanged,
-        left_query,
+        added: counts.added,
+        changed: counts.changed,
+        unchanged: counts.unchanged,
+        left_query: counts.left_query,
+        removed: stats.removed,
+        diff_ms,
         delivered: stats.delivered,
         rejected: stats.rejected,
         retried: stats.retried,
@@ -534,9 +718,11 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
         Field::new("changed", DataType::Int64, false),
         Field::new("unchanged", DataType::Int64, false),
         Field::new("left_query", DataType::Int64, false),
+        Field::new("removed", DataType::Int64, false),
         Field::new("delivered", DataType::Int64, false),
         Field::new("rejected", DataType::Int64, false),
         Field::new("retried", DataType::Int64, false),
+        Field::new("diff_ms", DataType::Int64, false),
     ]));
     let n = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
     let batch = RecordBatch::try_new(
@@ -548,9 +734,11 @@ pub async fn run(session: &mut Session, name: String) -> Result<Output> {
             n(r.changed),
             n(r.unchanged),
             n(r.left_query),
+            n(r.removed),
             n(r.delivered),
             n(r.rejected),
             n(r.retried),
+            n(r.diff_ms),
         ],
     )
     .map_err(|e| TallyError::DataFusion(e.into()))?;

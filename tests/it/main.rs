@@ -13,4 +13,5 @@ mod routes;
 mod scheduler;
 mod slt;
 mod streams;
+mod syncs;
 mod wire;

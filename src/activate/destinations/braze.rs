@@ -8,6 +8,12 @@
 //! treats as a rejection of the batch and splits to find the objects at fault), 400 for a
 //! malformed request, 401 bad key, 429 rate limited with `X-RateLimit-Reset`/`Retry-After`.
 //!
+//! Removal by key (mirror syncs): `POST {base_url}/users/delete` with `{"external_ids":
+//! [...]}` (or `braze_ids`, `email_addresses`, `phone_numbers` when `id_field` is
+//! `braze_id`, `email` or `phone`), at most 50 identifiers per request, so a batch of keys is
+//! sent in requests of 50. Deleting users cannot be undone; unknown identifiers are ignored
+//! by Braze, so a retry is harmless.
+//!
 //! Options: `api_key` (or `api_key_env`), `base_url` (the instance's REST endpoint, such as
 //! `https://rest.iad-01.braze.com`), `id_field` (`external_id` by default: the Braze field
 //! the COPY's key goes to).
@@ -18,11 +24,16 @@ use serde_json::{Map, Value, json};
 use super::{Batch, Destination, Mode, Options, SendError, http_outcome, truncate};
 use crate::error::Result;
 
+/// `/users/delete` takes at most this many identifiers per request.
+pub const DELETE_BATCH: usize = 50;
+
 /// A Braze destination.
 #[derive(Debug)]
 pub struct Braze {
     name: String,
     endpoint: String,
+    /// The instance's REST endpoint.
+    base: String,
     api_key: String,
     id_field: String,
     client: reqwest::Client,
@@ -32,12 +43,11 @@ impl Braze {
     /// Builds the client from the destination's options.
     pub fn new(opts: &Options) -> Result<Self> {
         let client = opts.http_client()?;
+        let base = opts.require("base_url")?.trim_end_matches('/').to_string();
         Ok(Braze {
             name: opts.name().to_string(),
-            endpoint: format!(
-                "{}/users/track",
-                opts.require("base_url")?.trim_end_matches('/')
-            ),
+            endpoint: format!("{base}/users/track"),
+            base,
             api_key: opts.require("api_key")?,
             id_field: opts
                 .get("id_field")?
@@ -91,6 +101,38 @@ impl Destination for Braze {
                 status: Some(201),
                 body: truncate(&text),
             });
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, _copy_id: &str, _key: &str, keys: &[String]) -> Result<(), SendError> {
+        let field = match self.id_field.as_str() {
+            "external_id" => "external_ids",
+            "braze_id" => "braze_ids",
+            "email" => "email_addresses",
+            "phone" => "phone_numbers",
+            other => {
+                return Err(SendError::Fatal {
+                    code: "0A000",
+                    message: format!(
+                        "destination {}: Braze deletes users by external_id, braze_id, email or phone, not by {other}",
+                        self.name
+                    ),
+                });
+            }
+        };
+        for chunk in keys.chunks(DELETE_BATCH) {
+            let resp = self
+                .client
+                .post(format!("{}/users/delete", self.base))
+                .bearer_auth(&self.api_key)
+                .json(&Value::Object(Map::from_iter([(
+                    field.to_string(),
+                    Value::from(chunk.to_vec()),
+                )])))
+                .send()
+                .await;
+            http_outcome(&self.name, resp).await?;
         }
         Ok(())
     }

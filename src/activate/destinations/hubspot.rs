@@ -8,6 +8,13 @@
 //! `VALIDATION_ERROR` (rejected), 401 bad token, 429 rate limited (190 requests per 10 s for
 //! Professional/Enterprise private apps: the limiter's default ceiling is 19 per second).
 //!
+//! Removal by key (mirror syncs): `batch/archive` takes HubSpot's internal object ids, not
+//! `idProperty` values, so a removal is two calls of at most 100 inputs each: `POST
+//! .../batch/read` with `{"idProperty": "email", "inputs": [{"id": "a@x.io"}], "properties":
+//! ["email"]}` finds the ids (keys HubSpot does not know answer 207 with `OBJECT_NOT_FOUND`
+//! errors: already gone, nothing to do), then `POST .../batch/archive` with `{"inputs":
+//! [{"id": "123"}]}` (204) moves them to the recycling bin. Both are safe to repeat.
+//!
 //! Options: `token` (or `token_env`), `object` (`contacts` by default, or `companies`, ...),
 //! `id_property` (defaults to the COPY's key field), `base_url` (`https://api.hubapi.com`).
 
@@ -25,6 +32,8 @@ pub const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
 pub struct HubSpot {
     name: String,
     endpoint: String,
+    /// `{base_url}/crm/v3/objects/{object}`.
+    objects: String,
     token: String,
     id_property: Option<String>,
     client: reqwest::Client,
@@ -48,12 +57,11 @@ impl HubSpot {
             });
         }
         let client = opts.http_client()?;
+        let objects = format!("{}/crm/v3/objects/{object}", base.trim_end_matches('/'));
         Ok(HubSpot {
             name: opts.name().to_string(),
-            endpoint: format!(
-                "{}/crm/v3/objects/{object}/batch/upsert",
-                base.trim_end_matches('/')
-            ),
+            endpoint: format!("{objects}/batch/upsert"),
+            objects,
             token,
             id_property: opts.get("id_property")?,
             client,
@@ -111,5 +119,65 @@ impl Destination for HubSpot {
             });
         }
         Ok(())
+    }
+
+    async fn remove(&self, _copy_id: &str, key: &str, keys: &[String]) -> Result<(), SendError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let id_property = self.id_property.as_deref().unwrap_or(key);
+        let inputs: Vec<Value> = keys.iter().map(|k| json!({ "id": k })).collect();
+        let body = json!({
+            "idProperty": id_property,
+            "inputs": inputs,
+            "properties": [id_property],
+        });
+        let resp = self
+            .client
+            .post(format!("{}/batch/read", self.objects))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await;
+        let text = http_outcome(&self.name, resp).await?;
+        let found: Value = serde_json::from_str(&text).map_err(|_| SendError::Transient {
+            message: format!("destination {}: batch/read answered no JSON", self.name),
+            retry_after: None,
+        })?;
+        let missing_only = found
+            .get("errors")
+            .and_then(Value::as_array)
+            .is_none_or(|errors| {
+                errors
+                    .iter()
+                    .all(|e| e.get("category").and_then(Value::as_str) == Some("OBJECT_NOT_FOUND"))
+            });
+        if !missing_only {
+            return Err(SendError::Rejected {
+                status: Some(207),
+                body: truncate(&text),
+            });
+        }
+        let ids: Vec<Value> = found
+            .get("results")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|o| o.get("id").cloned())
+                    .map(|id| json!({ "id": id }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let resp = self
+            .client
+            .post(format!("{}/batch/archive", self.objects))
+            .bearer_auth(&self.token)
+            .json(&json!({ "inputs": ids }))
+            .send()
+            .await;
+        http_outcome(&self.name, resp).await.map(|_| ())
     }
 }

@@ -111,7 +111,7 @@ pub const TYPES: &[TypeSpec] = &[
         key_required: false,
         max_batch: 10_000,
         default_batch: 100,
-        removes: false,
+        removes: true,
         default_rate: None,
     },
     TypeSpec {
@@ -124,7 +124,7 @@ pub const TYPES: &[TypeSpec] = &[
         // Professional/Enterprise private apps get 190 requests per 10 seconds.
         max_batch: 100,
         default_batch: 100,
-        removes: false,
+        removes: true,
         default_rate: Some(19.0),
     },
     TypeSpec {
@@ -136,7 +136,7 @@ pub const TYPES: &[TypeSpec] = &[
         // /users/track: at most 75 attribute objects per request; 3,000 requests per 3 s.
         max_batch: 75,
         default_batch: 75,
-        removes: false,
+        removes: true,
         default_rate: Some(1000.0),
     },
     TypeSpec {

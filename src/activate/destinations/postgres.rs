@@ -9,7 +9,11 @@
 //!   have sequentially);
 //! - `update`: `UPDATE t SET ... FROM json_populate_recordset(...) s WHERE t.key = s.key`;
 //! - `mirror` also notes every key the query returned in a temporary table of the session
-//!   and, once the whole query was sent, deletes the rows of `t` whose key is not there.
+//!   and, once the whole query was sent, deletes the rows of `t` whose key is not there;
+//! - removal by key (mirror syncs): `DELETE FROM t WHERE key = ANY (SELECT key FROM
+//!   json_populate_recordset(NULL::t, $1))`, the keys typed by the table's own key column
+//!   (so an index on it is used); a key already gone deletes nothing, so a retry is harmless,
+//!   and a constraint that forbids the delete (a foreign key) refuses the keys concerned.
 //!
 //! Upserts are idempotent, so a retried batch never duplicates. Errors: data and constraint
 //! errors (classes 22 and 23) reject the batch (split to find the rows), connection errors
@@ -307,6 +311,26 @@ impl Destination for Postgres {
             }
         };
         self.run(&sql, &Value::Array(rows)).await.map(|_| ())
+    }
+
+    async fn remove(&self, _copy_id: &str, key: &str, keys: &[String]) -> Result<(), SendError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (t, k) = (&self.table, quote(key));
+        let sql = format!(
+            "DELETE FROM {t} WHERE {k} = ANY (SELECT {k} FROM json_populate_recordset(NULL::{t}, $1::json))"
+        );
+        let rows = Value::Array(
+            keys.iter()
+                .map(|v| {
+                    let mut o = serde_json::Map::new();
+                    o.insert(key.to_string(), Value::from(v.as_str()));
+                    Value::Object(o)
+                })
+                .collect(),
+        );
+        self.run(&sql, &rows).await.map(|_| ())
     }
 
     async fn note_keys(&self, _copy_id: &str, keys: &[String]) -> Result<(), SendError> {

@@ -9,6 +9,9 @@
 //! collects the keys its query returned in a run set, then deletes the hashes of keys that
 //! are in the old set and not in the run set, and makes the run set the new key set.
 //!
+//! Removal by key (mirror syncs) deletes the keys' hashes and takes them out of that set, in
+//! one `MULTI ... EXEC`; deleting a hash that is gone is a no-op, so a retry is harmless.
+//!
 //! Options: `url` (`redis://[:password@]host:port[/db]`), `prefix` (the destination's name by
 //! default), `ttl_seconds`.
 
@@ -165,6 +168,23 @@ impl Destination for Redis {
                 pipe.sadd(self.members(), key).ignore();
             }
         }
+        self.query::<()>(&pipe).await
+    }
+
+    async fn remove(&self, _copy_id: &str, _key: &str, keys: &[String]) -> Result<(), SendError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}:{k}", self.prefix))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&hashes)
+            .ignore()
+            .srem(self.members(), keys)
+            .ignore();
         self.query::<()>(&pipe).await
     }
 

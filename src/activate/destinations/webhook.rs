@@ -10,6 +10,11 @@
 //! - with `hmac_secret`, `<signature_header>: sha256=<hex>` (default header
 //!   `X-Tally-Signature`): HMAC-SHA256 of the exact body bytes, as GitHub and Stripe sign;
 //! - custom headers from `headers = '{"Authorization": "Bearer ..."}'`;
+//! - removals (mirror syncs, for keys that left the query): the same request with the body
+//!   `{"copy_id": "...", "op": "delete", "key": "id", "keys": ["k1", "k2", ...]}` (keys as
+//!   text, at most `batch_size`); a receiver deletes its records with those key values, and
+//!   answers 2xx also when some are already gone (a retry sends the same keys with the same
+//!   `Idempotency-Key`). Row batches carry no `op`;
 //! - answers: 2xx delivered; 429 (with `Retry-After`) throttled; 408 and 5xx retried; 401 and
 //!   403 stop the COPY; any other 4xx rejects the batch, which tally splits to find the rows
 //!   at fault.
@@ -101,6 +106,26 @@ pub fn signature(key: &ring::hmac::Key, body: &[u8]) -> String {
     )
 }
 
+impl Webhook {
+    /// Sends one signed JSON body.
+    async fn post(&self, body: String, idempotency_key: &str) -> Result<(), SendError> {
+        let mut req = self
+            .client
+            .request(self.method.clone(), &self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", idempotency_key);
+        if let Some(key) = &self.hmac {
+            req = req.header(
+                self.signature_header.clone(),
+                signature(key, body.as_bytes()),
+            );
+        }
+        http_outcome(&self.name, req.body(body).send().await)
+            .await
+            .map(|_| ())
+    }
+}
+
 #[async_trait]
 impl Destination for Webhook {
     async fn send(&self, batch: &Batch<'_>) -> Result<(), SendError> {
@@ -116,19 +141,21 @@ impl Destination for Webhook {
             "rows": rows,
         })
         .to_string();
-        let mut req = self
-            .client
-            .request(self.method.clone(), &self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", &batch.idempotency_key);
-        if let Some(key) = &self.hmac {
-            req = req.header(
-                self.signature_header.clone(),
-                signature(key, body.as_bytes()),
-            );
+        self.post(body, &batch.idempotency_key).await
+    }
+
+    async fn remove(&self, copy_id: &str, key: &str, keys: &[String]) -> Result<(), SendError> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        http_outcome(&self.name, req.body(body).send().await)
-            .await
-            .map(|_| ())
+        let body = json!({
+            "copy_id": copy_id,
+            "op": "delete",
+            "key": key,
+            "keys": keys,
+        })
+        .to_string();
+        let digest = super::digest_hex(&[copy_id.as_bytes(), body.as_bytes()]);
+        self.post(body, &format!("tally-{}", &digest[..40])).await
     }
 }
