@@ -3,16 +3,23 @@
 # given command with TALLY_PORT set, and stops the server afterwards. The benchmark scripts
 # use it so that every benchmark measures the same kind of server.
 # Usage: scripts/with-release-tally.sh <command> [args...]
+# TALLY_BIN=<path> runs that binary instead of building the release one (to check a benchmark
+# script quickly against a debug build; numbers from such a run mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin tally
-target_dir="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')}"
+if [ -n "${TALLY_BIN:-}" ]; then
+  bin="$TALLY_BIN"
+else
+  cargo build --release --bin tally
+  target_dir="${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')}"
+  bin="$target_dir/release/tally"
+fi
 python3 -c 'import psycopg' 2>/dev/null || python3 -m pip install -q 'psycopg[binary]'
 data=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 http=$(free_port)
-"$target_dir/release/tally" serve --data "$data" --pg-listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http" >"$data.log" 2>&1 &
+"$bin" serve --data "$data" --pg-listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http" >"$data.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data" "$data.log"' EXIT
 ready=
