@@ -21,8 +21,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::StreamExt;
 
-use super::delivery::{Deliverer, DeliveryStats, RetryPolicy};
-use super::destinations::{self, Mode, Record, SendError};
+use super::delivery::{Deliverer, DeliveryStats, LaneRouter, RetryPolicy, drain_lane};
+use super::destinations::{self, Mode, SendError};
 use super::rejected;
 use crate::catalog::DestinationEntry;
 use crate::engine::Session;
@@ -363,6 +363,7 @@ struct CopyOptions {
     mode: Mode,
     key: Option<String>,
     batch_size: usize,
+    concurrency: usize,
     map: Option<String>,
     policy: RetryPolicy,
 }
@@ -384,11 +385,12 @@ fn copy_options(
             "map",
             "max_retries",
             "timeout_ms",
+            "concurrency",
         ]
         .contains(&k.as_str())
         {
             return Err(invalid(format!(
-                "unknown COPY option \"{k}\"; options: mode, key, batch_size, map, max_retries, timeout_ms"
+                "unknown COPY option \"{k}\"; options: mode, key, batch_size, map, max_retries, timeout_ms, concurrency"
             )));
         }
     }
@@ -433,6 +435,19 @@ fn copy_options(
             spec.name, spec.max_batch
         )));
     }
+    // Intercom has no batch endpoint: its `concurrency` is the records of one batch in flight
+    // (see intercom.rs), and its batches go one at a time.
+    let concurrency = if spec.name == "intercom" {
+        1
+    } else {
+        number("concurrency")?.unwrap_or_else(|| destinations::default_concurrency(spec))
+    };
+    if !(1..=destinations::MAX_CONCURRENCY).contains(&concurrency) {
+        return Err(invalid(format!(
+            "concurrency {concurrency} is out of range: 1 to {} requests in flight",
+            destinations::MAX_CONCURRENCY
+        )));
+    }
     let mut policy = RetryPolicy::default();
     if let Some(n) = number("max_retries")? {
         policy.max_retries = n;
@@ -444,6 +459,7 @@ fn copy_options(
         mode,
         key,
         batch_size,
+        concurrency,
         map: options.get("map").cloned(),
         policy,
     })
@@ -530,6 +546,8 @@ pub struct PreparedCopy {
     pub mode: Mode,
     /// Rows per request.
     pub batch_size: usize,
+    /// Requests in flight at once (lanes of [`super::delivery::LaneRouter`]).
+    pub concurrency: usize,
     /// Retries and timeouts.
     pub policy: RetryPolicy,
 }
@@ -586,6 +604,7 @@ pub async fn prepare_copy(
         copy_id: uuid::Uuid::new_v4().to_string(),
         mode: opts.mode,
         batch_size: opts.batch_size,
+        concurrency: opts.concurrency,
         policy: opts.policy,
     })
 }
@@ -607,19 +626,24 @@ pub async fn run_copy(
         .map_err(fatal)?;
 
     let mut stream = p.df.execute_stream().await.map_err(unwrap_datafusion)?;
-    let mut deliverer = Deliverer::new(
-        name,
-        p.dest.as_ref(),
-        p.limiter.clone(),
-        p.policy.clone(),
-        &copy_id,
-        p.mode,
-        key_field,
-    );
+    let new_deliverer = || {
+        Deliverer::new(
+            name,
+            p.dest.as_ref(),
+            p.limiter.clone(),
+            p.policy.clone(),
+            &copy_id,
+            p.mode,
+            key_field,
+        )
+    };
+    // Rows refused before sending (a null key) are recorded by a deliverer of their own.
+    let mut local = new_deliverer();
+    let mut lanes: Vec<Deliverer> = (0..p.concurrency).map(|_| new_deliverer()).collect();
+    let (mut router, receivers) = LaneRouter::new(p.concurrency, p.batch_size);
     let warehouse = session.engine.warehouse().clone();
-    let mut pending: Vec<Record> = Vec::with_capacity(p.batch_size);
-    let mut ordinal = 0u64;
-    let outcome: Result<()> = async {
+    let produce = async {
+        let mut ordinal = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(unwrap_datafusion)?;
             let records = p.mapping.records(&batch, ordinal)?;
@@ -630,42 +654,53 @@ pub async fn run_copy(
             }
             for r in records {
                 if key_field.is_some() && r.key.is_none() {
-                    deliverer.reject_locally(&r, "the key column is null");
+                    local.reject_locally(&r, "the key column is null");
                     continue;
                 }
-                pending.push(r);
-                if pending.len() >= p.batch_size {
-                    deliverer.deliver(&pending).await?;
-                    pending.clear();
+                if router.push(r).await.is_err() {
+                    // A lane stopped for good; its error is the COPY's.
+                    return Ok(false);
                 }
             }
-            if deliverer.rejected.len() >= REJECTED_FLUSH {
-                rejected::append(&warehouse, &deliverer.rejected).await?;
-                deliverer.rejected.clear();
-            }
         }
-        if !pending.is_empty() {
-            deliverer.deliver(&pending).await?;
-            pending.clear();
-        }
-        // Mirror removals only after the whole query was read and sent.
-        deliverer.stats.removed = p
-            .dest
-            .finish(&copy_id, p.mode, key_field)
-            .await
-            .map_err(fatal)?;
-        Ok(())
+        Ok(router.finish().await.is_ok())
+    };
+    let consume = futures::future::join_all(
+        lanes
+            .iter_mut()
+            .zip(receivers)
+            .map(|(d, rx)| drain_lane(rx, d, &warehouse, REJECTED_FLUSH)),
+    );
+    let (produced, consumed): (Result<bool>, Vec<Result<()>>) = tokio::join!(produce, consume);
+    let mut outcome: Result<()> = consumed
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map(|_| ());
+    if outcome.is_ok() {
+        outcome = produced.map(|_| ());
     }
-    .await;
+    let mut stats = local.stats.clone();
+    let mut refused = std::mem::take(&mut local.rejected);
+    for d in &mut lanes {
+        stats.add(&d.stats);
+        refused.append(&mut d.rejected);
+    }
+    if outcome.is_ok() {
+        // Mirror removals only after the whole query was read and sent.
+        match p.dest.finish(&copy_id, p.mode, key_field).await {
+            Ok(removed) => stats.removed = removed,
+            Err(e) => outcome = Err(fatal(e)),
+        }
+    }
     // Refused rows are kept even when the COPY stops early.
-    let kept = rejected::append(&warehouse, &deliverer.rejected).await;
-    let stats = deliverer.stats.clone();
+    let kept = rejected::append(&warehouse, &refused).await;
     tracing::info!(
         destination = name,
         copy_id = %copy_id,
         delivered = stats.delivered,
         rejected = stats.rejected,
         retried = stats.retried,
+        lanes = p.concurrency,
         ok = outcome.is_ok(),
         "COPY TO DESTINATION finished"
     );

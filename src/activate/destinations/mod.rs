@@ -99,7 +99,29 @@ pub struct TypeSpec {
 }
 
 /// Options every type understands.
-pub const COMMON_OPTIONS: &[&str] = &["batch_size", "rate_limit", "timeout_ms", "max_retries"];
+pub const COMMON_OPTIONS: &[&str] = &[
+    "batch_size",
+    "rate_limit",
+    "timeout_ms",
+    "max_retries",
+    "concurrency",
+];
+
+/// Most requests of one COPY in flight at once (`concurrency` option).
+pub const MAX_CONCURRENCY: usize = 32;
+
+/// Requests of one COPY in flight at once unless `concurrency` says otherwise: several for
+/// webhooks (a round trip is mostly waiting, and receivers take independent batches), one
+/// for the vendor APIs until each one's conformance suite has run with several lanes (their
+/// quotas are per account, and some tie requests together: a Google Ads job takes its
+/// operations one call at a time, a file is written in order, the PostgreSQL destination
+/// holds one connection). A user can raise it per destination or per COPY.
+pub fn default_concurrency(spec: &TypeSpec) -> usize {
+    match spec.name {
+        "webhook" => 4,
+        _ => 1,
+    }
+}
 
 /// The destination types tally can create.
 pub const TYPES: &[TypeSpec] = &[
@@ -416,6 +438,15 @@ pub fn validate(type_name: &str, options: &BTreeMap<String, String>) -> Result<(
                 group.join(", ")
             )));
         }
+    }
+    if let Some(v) = options.get("concurrency")
+        && !v
+            .parse::<usize>()
+            .is_ok_and(|c| (1..=MAX_CONCURRENCY).contains(&c))
+    {
+        return Err(invalid(format!(
+            "option \"concurrency\" is requests in flight at once, 1 to {MAX_CONCURRENCY}, not \"{v}\""
+        )));
     }
     for k in [
         "batch_size",
