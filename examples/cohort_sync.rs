@@ -200,11 +200,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let h: BTreeMap<String, String> = redis::cmd("HGETALL").arg(k).query_async(&mut r).await?;
         println!("  {k}: {h:?}");
     }
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut r)
-        .await
-        .or_else(|e| if keys.is_empty() { Ok(()) } else { Err(e) })?;
+    // Leave Redis as it was: the hashes and the mirror's key set.
+    keys.extend(bookkeeping);
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut r).await?;
+    }
     server.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
