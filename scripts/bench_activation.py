@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=150000)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--hubspot-seconds", type=int, default=60)
+    ap.add_argument("--hubspot-rate-limit", type=float, default=None,
+                    help="the destination's rate_limit option (default: the type's own ceiling)")
     ap.add_argument("--sink", required=True, help="path of the release activation_sink binary")
     args = ap.parse_args()
 
@@ -111,7 +113,9 @@ def main() -> None:
     sink, addr = start_sink(args.sink, "hubspot", 0)
     try:
         n = min(total, int(HUBSPOT_RATE * 100 * args.hubspot_seconds))
-        cur.execute(f"CREATE DESTINATION crm TYPE hubspot WITH (token = 'bench', base_url = 'http://{addr}')")
+        limit = f", rate_limit = {args.hubspot_rate_limit}" if args.hubspot_rate_limit else ""
+        cur.execute(f"CREATE DESTINATION crm TYPE hubspot WITH (token = 'bench', base_url = 'http://{addr}', "
+                    f"concurrency = 1{limit})")
         t = time.perf_counter()
         cur.execute(f"COPY (SELECT left_value AS email, left_type, right_type, right_value FROM edges "
                     f"LIMIT {n}) TO DESTINATION crm WITH (mode = 'upsert', key = 'email')")

@@ -6,7 +6,7 @@
 //! at most 100 inputs per call; property values are strings. Answers: 200/201 done, 207
 //! multi-status with `errors` (some inputs failed: tally splits the batch to find them), 400
 //! `VALIDATION_ERROR` (rejected), 401 bad token, 429 rate limited (190 requests per 10 s for
-//! Professional/Enterprise private apps: the limiter's default ceiling is 19 per second).
+//! Professional/Enterprise private apps: the limiter's default ceiling is 18.5 per second, a little under the limit).
 //!
 //! Removal by key (mirror syncs): `batch/archive` takes HubSpot's internal object ids, not
 //! `idProperty` values, so a removal is two calls of at most 100 inputs each: `POST
