@@ -5,7 +5,7 @@
 //! machine. Assertions are about behaviour (every good row exactly once, order per key, the
 //! bad row in `tally.rejected_rows`), never about timing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,41 +16,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::common::{TestServer, code};
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Runs a statement with the simple protocol and returns its rows as maps.
-async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        (
-                            col.name().to_string(),
-                            r.get(i).unwrap_or("NULL").to_string(),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn num(row: &BTreeMap<String, String>, col: &str) -> i64 {
-    row.get(col)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {col} in {row:?}"))
-}
+use crate::common::{TestServer, code, num, rows, unique};
 
 #[tokio::test]
 async fn destinations_are_catalog_objects_with_hidden_secrets() {

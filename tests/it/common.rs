@@ -1,11 +1,12 @@
 //! A tally server per test, on port 0, over a fresh temporary warehouse.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tally::config::Config;
 use tally::server::RunningServer;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// A server and the folder it keeps its warehouse in.
 pub struct TestServer {
@@ -86,4 +87,38 @@ pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// A name no other test uses, for objects in shared external systems.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs a statement with the simple protocol and returns its rows as maps of text.
+pub async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
+    let msgs = c.simple_query(sql).await.expect(sql);
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| {
+                        (
+                            col.name().to_string(),
+                            r.get(i).unwrap_or("NULL").to_string(),
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A numeric column of a row from [`rows`].
+pub fn num(row: &BTreeMap<String, String>, col: &str) -> i64 {
+    row.get(col)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {col} in {row:?}"))
 }

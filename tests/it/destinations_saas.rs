@@ -17,39 +17,12 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::common::{TestServer, code};
+use crate::common::{TestServer, code, num, rows};
 
 // ---------------------------------------------------------------------------------------
 // Helpers (copied from activate.rs, which other work is changing).
-
-async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        (
-                            col.name().to_string(),
-                            r.get(i).unwrap_or("NULL").to_string(),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn num(row: &BTreeMap<String, String>, col: &str) -> i64 {
-    row.get(col)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {col} in {row:?}"))
-}
 
 fn sha256_hex(s: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());

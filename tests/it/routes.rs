@@ -5,7 +5,7 @@
 //! messageIds after a replay or a restart), never about timing: waits poll with a generous
 //! deadline.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +16,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::common::{TestServer, code};
+use crate::common::{TestServer, code, rows};
 
 /// What a receiver does with requests.
 #[derive(Clone, Copy, Default)]
@@ -107,27 +107,6 @@ async fn nowhere() -> SocketAddr {
         .await
         .expect("bind");
     l.local_addr().expect("addr")
-}
-
-async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        (
-                            col.name().to_string(),
-                            r.get(i).unwrap_or("NULL").to_string(),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn stat(c: &Client, route: &str, col: &str) -> String {

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::common::{TestServer, code};
+use crate::common::{TestServer, code, rows};
 
 /// A webhook receiver that counts requests and the most it ever had in flight at once.
 #[derive(Default)]
@@ -62,27 +62,6 @@ async fn start_receiver(delay_ms: u64) -> (SocketAddr, Arc<Receiver>) {
         }
     });
     (addr, state)
-}
-
-async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        (
-                            col.name().to_string(),
-                            r.get(i).unwrap_or("NULL").to_string(),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Scheduled runs of `sync` recorded in tally.sync_runs.

@@ -5,7 +5,7 @@
 //! Braze's and the webhook contract for removals. Assertions are about behaviour, never
 //! timing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,41 +14,9 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::common::{TestServer, code};
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Runs a statement with the simple protocol and returns its rows as maps.
-async fn rows(c: &Client, sql: &str) -> Vec<BTreeMap<String, String>> {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| {
-                        (
-                            col.name().to_string(),
-                            r.get(i).unwrap_or("NULL").to_string(),
-                        )
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn num(row: &BTreeMap<String, String>, col: &str) -> i64 {
-    row.get(col)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number {col} in {row:?}"))
-}
+use crate::common::{TestServer, code, num, rows, unique};
 
 async fn local_postgres() -> Client {
     let (client, conn) = tokio_postgres::connect(
