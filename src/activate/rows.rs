@@ -102,6 +102,13 @@ impl Mapping {
         }
         let rows: Vec<Map<String, Value>> = serde_json::from_slice(&buf)
             .map_err(|e| TallyError::Internal(format!("row to JSON: {e}")))?;
+        // Without a map every column keeps its name: the parsed object is the record as is.
+        let identity = self.columns.len() == batch.num_columns()
+            && self
+                .columns
+                .iter()
+                .zip(batch.schema().fields())
+                .all(|((src, dst), f)| src == dst && src == f.name());
         let mut out = Vec::with_capacity(rows.len());
         for (i, mut row) in rows.into_iter().enumerate() {
             let key = self
@@ -109,11 +116,16 @@ impl Mapping {
                 .as_ref()
                 .and_then(|k| row.get(k))
                 .and_then(key_text);
-            let mut fields = Map::with_capacity(self.columns.len());
-            for (src, dst) in &self.columns {
-                let v = row.remove(src).unwrap_or(Value::Null);
-                fields.insert(dst.clone(), v);
-            }
+            let fields = if identity {
+                row
+            } else {
+                let mut fields = Map::with_capacity(self.columns.len());
+                for (src, dst) in &self.columns {
+                    let v = row.remove(src).unwrap_or(Value::Null);
+                    fields.insert(dst.clone(), v);
+                }
+                fields
+            };
             out.push(Record {
                 ordinal: first_ordinal + i as u64,
                 key,

@@ -902,10 +902,29 @@ pub fn batch_idempotency_key(copy_id: &str, records: &[Record]) -> String {
     ctx.update(copy_id.as_bytes());
     for r in records {
         ctx.update(&r.ordinal.to_be_bytes());
-        ctx.update(Value::Object(r.fields.clone()).to_string().as_bytes());
+        // Serialized straight into the digest: no copy of the row, no intermediate text.
+        let mut w = DigestWriter(&mut ctx);
+        if serde_json::to_writer(&mut w, &r.fields).is_err() {
+            // A map of JSON values always serializes; keep the key deterministic anyway.
+            ctx.update(b"?");
+        }
     }
     let hex = crate::engine::hex_encode(ctx.finish().as_ref());
     format!("tally-{}", &hex[..40])
+}
+
+/// Feeds what serde_json writes into a digest.
+struct DigestWriter<'a>(&'a mut ring::digest::Context);
+
+impl std::io::Write for DigestWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A JSON value as text for text-only APIs (HubSpot properties, Redis hash fields): strings

@@ -126,21 +126,38 @@ impl Webhook {
     }
 }
 
+/// The body of a row batch (see the contract above).
+#[derive(serde::Serialize)]
+struct RowsBody<'a> {
+    copy_id: &'a str,
+    mode: &'a str,
+    key: Option<&'a str>,
+    rows: Rows<'a>,
+}
+
+/// The records' fields as a JSON array, serialized without copying them.
+struct Rows<'a>(&'a [super::Record]);
+
+impl serde::Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| &r.fields))
+    }
+}
+
 #[async_trait]
 impl Destination for Webhook {
     async fn send(&self, batch: &Batch<'_>) -> Result<(), SendError> {
-        let rows: Vec<Value> = batch
-            .records
-            .iter()
-            .map(|r| Value::Object(r.fields.clone()))
-            .collect();
-        let body = json!({
-            "copy_id": batch.copy_id,
-            "mode": batch.mode.as_str(),
-            "key": batch.key,
-            "rows": rows,
-        })
-        .to_string();
+        let body = RowsBody {
+            copy_id: batch.copy_id,
+            mode: batch.mode.as_str(),
+            key: batch.key,
+            rows: Rows(batch.records),
+        };
+        // Serialized from the records in place: a 1,000-row body is never copied as values.
+        let body = serde_json::to_string(&body).map_err(|e| SendError::Fatal {
+            code: "XX000",
+            message: format!("row batch to JSON: {e}"),
+        })?;
         self.post(body, &batch.idempotency_key).await
     }
 
