@@ -1,5 +1,6 @@
-//! Activation over the real wire: destinations in SQL, `COPY ... TO DESTINATION` to a webhook
-//! and to a HubSpot mock (local HTTP servers that enforce the documented contract strictly and
+//! Activation over the real wire: destinations in SQL, the conformance suite every HTTP
+//! destination type runs (one fault schedule, one set of promises), `COPY ... TO DESTINATION`
+//! to a webhook and to a HubSpot mock (local HTTP servers that enforce the documented contract strictly and
 //! inject faults: 500s, 429 with and without Retry-After, a dropped connection, a slow answer,
 //! a permanently rejected row), and to the real PostgreSQL, Redis and NATS JetStream of this
 //! machine. Assertions are about behaviour (every good row exactly once, order per key, the
@@ -87,6 +88,15 @@ async fn destinations_are_catalog_objects_with_hidden_secrets() {
         .await
         .expect_err("copy to unknown destination");
     assert_eq!(code(&err), "42704");
+    for bad in ["0", "33", "lots"] {
+        let err = c
+            .simple_query(&format!(
+                "COPY (SELECT 1 AS id) TO DESTINATION hooks WITH (concurrency = '{bad}')"
+            ))
+            .await
+            .expect_err("concurrency out of range");
+        assert_eq!(code(&err), "22023", "concurrency {bad}: {err}");
+    }
     let err = c
         .simple_query("COPY (SELECT 1 AS id) TO DESTINATION crm WITH (mode = 'insert')")
         .await
@@ -1071,6 +1081,229 @@ async fn mixpanel_and_amplitude_take_profiles_and_isolate_bad_ones() {
         .await
         .expect_err("bad key");
     assert_eq!(code(&err), "28000");
+}
+
+/// One destination type in the conformance suite: how to create it against a mock, the query
+/// that gives it `conformance_people` in its vendor's fields (one row, id 13 version 3, bad
+/// in the vendor's eyes), its key column, and how to read `(key, version)` back from what
+/// the mock applied.
+struct Conformance {
+    contract: Contract,
+    create: fn(SocketAddr) -> String,
+    query: &'static str,
+    key: &'static str,
+    bad_key: &'static str,
+    applied: fn(&Value) -> (String, i64),
+    /// Retries of an applied batch whose answer was lost are recognised by the destination
+    /// (an idempotency key): every row is applied exactly once, not just at least once.
+    idempotent: bool,
+}
+
+fn version_of(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("no version in {v}"))
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+fn conformance_cases() -> Vec<Conformance> {
+    vec![
+        Conformance {
+            contract: Contract::Webhook {
+                token: "t".into(),
+                secret: "s".into(),
+                max_rows: 10,
+            },
+            create: |a| {
+                format!(
+                    "CREATE DESTINATION conf_webhook TYPE webhook WITH (url = 'http://{a}/hook', \
+                 headers = '{{\"Authorization\": \"Bearer t\"}}', hmac_secret = 's')"
+                )
+            },
+            query: "SELECT id, version, CASE WHEN id = 13 AND version = 3 THEN 'not-an-email' \
+                    ELSE concat('user', id, '@example.com') END AS email \
+                    FROM conformance_people ORDER BY version, id",
+            key: "id",
+            bad_key: "13",
+            applied: |r| (text_of(&r["id"]), version_of(&r["version"])),
+            idempotent: true,
+        },
+        Conformance {
+            contract: Contract::HubSpot {
+                token: "pat".into(),
+            },
+            create: |a| {
+                format!(
+                    "CREATE DESTINATION conf_hubspot TYPE hubspot WITH (token = 'pat', base_url = 'http://{a}')"
+                )
+            },
+            query: "SELECT CASE WHEN id = 13 AND version = 3 THEN 'broken.example.com' \
+                    ELSE concat('user', id, '@example.com') END AS email, version \
+                    FROM conformance_people ORDER BY version, id",
+            key: "email",
+            bad_key: "broken.example.com",
+            applied: |r| (text_of(&r["id"]), version_of(&r["properties"]["version"])),
+            idempotent: false,
+        },
+        Conformance {
+            contract: Contract::Braze { key: "bk".into() },
+            create: |a| {
+                format!(
+                    "CREATE DESTINATION conf_braze TYPE braze WITH (api_key = 'bk', base_url = 'http://{a}')"
+                )
+            },
+            query: "SELECT concat('u', id) AS user_id, version, \
+                    CASE WHEN id = 13 AND version = 3 THEN 'nope' ELSE concat('u', id, '@x.io') END AS email \
+                    FROM conformance_people ORDER BY version, id",
+            key: "user_id",
+            bad_key: "u13",
+            applied: |r| (text_of(&r["external_id"]), version_of(&r["version"])),
+            idempotent: false,
+        },
+        Conformance {
+            contract: Contract::Mixpanel {
+                token: "mpt".into(),
+            },
+            create: |a| {
+                format!(
+                    "CREATE DESTINATION conf_mixpanel TYPE mixpanel WITH (token = 'mpt', base_url = 'http://{a}')"
+                )
+            },
+            query: "SELECT concat('user-', id) AS user_id, version, \
+                    CASE WHEN id = 13 AND version = 3 THEN '???' ELSE 'pro' END AS plan \
+                    FROM conformance_people ORDER BY version, id",
+            key: "user_id",
+            bad_key: "user-13",
+            applied: |r| {
+                (
+                    text_of(&r["$distinct_id"]),
+                    version_of(&r["$set"]["version"]),
+                )
+            },
+            idempotent: false,
+        },
+        Conformance {
+            contract: Contract::Amplitude { key: "ak".into() },
+            create: |a| {
+                format!(
+                    "CREATE DESTINATION conf_amplitude TYPE amplitude WITH (api_key = 'ak', base_url = 'http://{a}')"
+                )
+            },
+            query: "SELECT CASE WHEN id = 13 AND version = 3 THEN 'u13' ELSE concat('user-', id) END AS user_id, \
+                    version FROM conformance_people ORDER BY version, id",
+            key: "user_id",
+            bad_key: "u13",
+            applied: |r| {
+                (
+                    text_of(&r["user_id"]),
+                    version_of(&r["user_properties"]["$set"]["version"]),
+                )
+            },
+            idempotent: false,
+        },
+    ]
+}
+
+/// The conformance suite every HTTP destination type runs: the same faults (500, 429 with
+/// and without Retry-After, a connection dropped after the batch was applied, an answer
+/// slower than the timeout, another 500) over the same 60 rows (20 keys in three versions,
+/// one row the vendor refuses). Every good row arrives, versions of a key never go
+/// backwards, the bad row alone lands in `tally.rejected_rows`, and where the type has
+/// idempotency keys nothing is applied twice (Amplitude: a repeat carries the same
+/// `insert_id`, which Amplitude deduplicates).
+#[tokio::test]
+async fn every_http_destination_type_passes_the_same_fault_schedule() {
+    let server = TestServer::start().await;
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE TABLE conformance_people AS \
+         SELECT CAST(i.value AS bigint) AS id, CAST(v.value AS bigint) AS version \
+         FROM generate_series(1, 20) i CROSS JOIN generate_series(1, 3) v",
+    )
+    .await
+    .expect("people");
+    for case in conformance_cases() {
+        let faults: HashMap<u64, Fault> = [
+            (2, Fault::ServerError),
+            (4, Fault::Throttle(Some(1))),
+            (6, Fault::Drop),
+            (8, Fault::Slow(Duration::from_millis(1500))),
+            (9, Fault::ServerError),
+            (11, Fault::Throttle(None)),
+        ]
+        .into_iter()
+        .collect();
+        let (addr, state) = start_mock(case.contract.clone(), faults).await;
+        c.batch_execute(&(case.create)(addr)).await.expect("create");
+        let name = (case.create)(addr)
+            .split_whitespace()
+            .nth(2)
+            .expect("name")
+            .to_string();
+        let out = rows(
+            &c,
+            &format!(
+                "COPY ({}) TO DESTINATION {name} WITH (mode = 'upsert', key = '{}', batch_size = 10, timeout_ms = 500)",
+                case.query, case.key
+            ),
+        )
+        .await;
+        assert_eq!(num(&out[0], "delivered"), 59, "{name}: {out:?}");
+        assert_eq!(num(&out[0], "rejected"), 1, "{name}: {out:?}");
+        assert!(num(&out[0], "retried") > 0, "{name}: {out:?}");
+
+        let applied = state.lock().applied.clone();
+        let mut times: HashMap<(String, i64), usize> = HashMap::new();
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for r in &applied {
+            let (key, version) = (case.applied)(r);
+            *times.entry((key.clone(), version)).or_default() += 1;
+            let prev = last.insert(key.clone(), version).unwrap_or(0);
+            assert!(
+                version >= prev,
+                "{name}: key {key} went back from version {prev} to {version}"
+            );
+        }
+        assert_eq!(times.len(), 59, "{name}: every good row arrives");
+        assert!(
+            !times.contains_key(&(case.bad_key.to_string(), 3)),
+            "{name}: the refused row was applied"
+        );
+        if case.idempotent {
+            assert!(
+                times.values().all(|n| *n == 1),
+                "{name}: a row was applied twice despite idempotency keys"
+            );
+        }
+        if matches!(case.contract, Contract::Amplitude { .. }) {
+            let ids: HashSet<&str> = applied
+                .iter()
+                .filter_map(|e| e["insert_id"].as_str())
+                .collect();
+            assert_eq!(
+                ids.len(),
+                59,
+                "{name}: one insert_id per row, repeats included"
+            );
+        }
+        let statuses = state.lock().statuses.clone();
+        assert!(statuses.contains(&429) && statuses.contains(&500), "{name}");
+        let rejected = rows(
+            &c,
+            &format!(
+                "SELECT row_key FROM tally.rejected_rows WHERE copy_id = '{}'",
+                out[0]["copy_id"]
+            ),
+        )
+        .await;
+        assert_eq!(rejected.len(), 1, "{name}: {rejected:?}");
+        assert_eq!(rejected[0]["row_key"], case.bad_key, "{name}");
+    }
 }
 
 #[tokio::test]
