@@ -46,7 +46,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{Column, DataFusionError, Result as DFResult, ScalarValue, exec_err};
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::{TableProvider, provider_as_source};
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, JoinType, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
@@ -246,13 +246,14 @@ pub struct DiffPlan {
     pub snapshot: SchemaRef,
 }
 
-/// Plans the diff of `query` (a COPY's query) under `mapping` against the snapshot table
-/// `old` (none before the first successful run).
+/// Plans the diff of `query` (a COPY's query) under `mapping` against the snapshot `old`,
+/// `(row_key, row_hash)` (none before the first successful run; see
+/// [`super::progress::effective_snapshot`] for what a run reads as its snapshot).
 pub fn plan(
     ctx: &SessionContext,
     query: DataFrame,
     mapping: &Mapping,
-    old: Option<Arc<dyn TableProvider>>,
+    old: Option<DataFrame>,
 ) -> Result<DiffPlan> {
     let qschema = query.schema().clone();
     let fields = qschema.fields();
@@ -277,10 +278,10 @@ pub fn plan(
         Some(p) => {
             let s = p.schema();
             (
-                s.field_with_name("row_key")
+                s.field_with_unqualified_name("row_key")
                     .ok()
                     .map(|f| f.data_type().clone()),
-                s.field_with_name("row_hash")
+                s.field_with_unqualified_name("row_hash")
                     .is_ok_and(|f| f.data_type() == &DataType::Int64),
             )
         }
@@ -321,14 +322,11 @@ pub fn plan(
             } else {
                 lit(ScalarValue::Int64(None))
             };
-            ctx.read_table(p)
-                .and_then(|df| {
-                    df.select(vec![
-                        cast_expr(col("row_key"), join_type.clone()).alias(OLD_KEY),
-                        hash.alias(OLD_HASH),
-                    ])
-                })
-                .map_err(unwrap_datafusion)?
+            p.select(vec![
+                cast_expr(col("row_key"), join_type.clone()).alias(OLD_KEY),
+                hash.alias(OLD_HASH),
+            ])
+            .map_err(unwrap_datafusion)?
         }
         _ => {
             let schema = Arc::new(Schema::new(vec![

@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod diff;
 pub mod limiter;
+pub mod progress;
 pub mod rejected;
 pub mod rows;
 pub mod runs;

@@ -30,7 +30,8 @@ pub struct SyncRun {
     pub started_at: i64,
     /// End, microseconds since the epoch.
     pub finished_at: i64,
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed`, or `interrupted` (the server stopped during the run; recorded
+    /// by the run that resumed it).
     pub status: String,
     /// Rows new since the last successful run.
     pub rows_added: u64,
@@ -45,7 +46,8 @@ pub struct SyncRun {
     pub rows_failed: u64,
     /// The error of a failed run.
     pub error: Option<String>,
-    /// `manual` (RUN SYNC) or `schedule` (the scheduler).
+    /// `manual` (RUN SYNC), `schedule` (the scheduler), `model` (after a build of an
+    /// `AFTER MODEL` model) or `resume` (the scheduler resuming an interrupted run).
     pub trigger: String,
     /// Records a mirror sync removed at the destination.
     pub rows_removed: u64,

@@ -15,8 +15,10 @@
 //! streamed DataFusion plan ([`super::diff`]): only rows whose key is new or whose hash
 //! changed are sent. The new snapshot is written from the same stream: the keys the query
 //! returned, without the rows the destination refused, so those are sent again by the next
-//! run. A run that fails leaves the snapshot as it was: the next run resends everything
-//! changed since the last success (at least once). Memory stays bounded: the diff is
+//! run. A run that fails or is cut short leaves the snapshot as it was, and what the
+//! destination confirmed meanwhile in the sync's journal ([`super::progress`]): the next
+//! run diffs against both, so it sends what the stopped run did not get confirmed, not
+//! everything again. Memory stays bounded: the diff is
 //! DataFusion's hash join (its build side, about 16 bytes per key plus the key's text, is
 //! accounted in the session's memory pool), and the run holds at most one record batch of the
 //! result and one request's worth of rows.
@@ -63,6 +65,7 @@ use futures::StreamExt;
 use super::delivery::{Deliverer, DeliveryStats};
 use super::destinations::{Mode, Record, TypeSpec};
 use super::diff::{self, SnapshotWriter};
+use super::progress::{self, Journal};
 use super::statements::{ActivateStatement, REJECTED_FLUSH, fatal, prepare_copy};
 use crate::catalog::{SyncEntry, SyncSchedule};
 use crate::engine::Session;
@@ -71,8 +74,8 @@ use crate::statements::{Completion, Output, change_catalog};
 use crate::storage::Warehouse;
 use crate::storage::delta::{DeltaTableProvider, open_table};
 
-/// The snapshot's location for sync `name`.
-fn snapshot_location(name: &str) -> String {
+/// The folder of sync `name`'s state: its snapshot and its run journal.
+fn sync_dir(name: &str) -> String {
     let safe: String = name
         .chars()
         .map(|c| {
@@ -84,7 +87,7 @@ fn snapshot_location(name: &str) -> String {
         })
         .collect();
     let tag = &super::destinations::digest_hex(&[name.as_bytes()])[..8];
-    format!("_tally/activation/syncs/{safe}_{tag}/snapshot/")
+    format!("_tally/activation/syncs/{safe}_{tag}/")
 }
 
 /// Whether a sync's COPY options ask for a mirror, and the options its COPY runs with: a
@@ -199,6 +202,7 @@ pub async fn create(
                 next_run_at: next_run_at.clone(),
                 last_scheduled_at: None,
                 model_seen: model_seen.clone(),
+                running: None,
             },
         );
         Ok(true)
@@ -293,24 +297,31 @@ pub async fn drop(session: &mut Session, name: String, if_exists: bool) -> Resul
         return Err(TallyError::NotFound { kind: "sync", name });
     }
     let wh = session.engine.warehouse().clone();
-    if let Err(e) = wh.delete_prefix(&snapshot_location(&name)).await {
+    if let Err(e) = wh.delete_prefix(&sync_dir(&name)).await {
         tracing::warn!(sync = name, error = %e, "could not delete the sync's snapshot");
     }
     Ok(Output::Command(Completion::tag("DROP SYNC")))
 }
 
-/// The snapshot table of the last successful run, if there is one. Errors other than "no
-/// table there" fail the run: treating an unreadable snapshot as none would forget what a
-/// mirror sync has to remove.
-async fn read_snapshot(wh: &Warehouse, location: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+/// The snapshot table of the last successful run and its Delta version, if there is one.
+/// Errors other than "no table there" fail the run: treating an unreadable snapshot as none
+/// would forget what a mirror sync has to remove.
+async fn read_snapshot(
+    wh: &Warehouse,
+    location: &str,
+) -> Result<(Option<Arc<dyn TableProvider>>, Option<u64>)> {
     let log = wh.path_of(&format!("{location}_delta_log"));
     match wh.store.list(Some(&log)).next().await {
-        None => return Ok(None),
+        None => return Ok((None, None)),
         Some(Err(e)) => return Err(e.into()),
         Some(Ok(_)) => {}
     }
     let table = open_table(&wh.url_of(location)?, &wh.options).await?;
-    Ok(Some(Arc::new(DeltaTableProvider::try_new(table).await?)))
+    let version = table.version();
+    Ok((
+        Some(Arc::new(DeltaTableProvider::try_new(table).await?)),
+        version,
+    ))
 }
 
 /// The counts of one run so far (kept for `tally.sync_runs` when the run fails too).
@@ -320,6 +331,8 @@ struct Counts {
     changed: u64,
     unchanged: u64,
     left_query: u64,
+    /// Journal rows of an interrupted run that this run started from.
+    resumed: u64,
     /// Time spent computing the change set: waiting for the diff plan's batches and
     /// sorting them out (not sending, not writing the snapshot).
     diff: Duration,
@@ -352,8 +365,20 @@ impl Pending {
 
     /// Writes the held snapshot rows below ordinal `upto` (whose delivery is settled),
     /// without refused rows and rows without a key.
-    async fn release(&mut self, upto: u64, writer: &mut SnapshotWriter) -> Result<()> {
+    /// The journal learns of them too; without a writer (a run that failed), only the
+    /// journal does.
+    async fn release(
+        &mut self,
+        upto: u64,
+        mut writer: Option<&mut SnapshotWriter>,
+        journal: &mut Journal,
+    ) -> Result<()> {
         while let Some((start, b)) = self.held.pop_front() {
+            if b.num_rows() == 0 {
+                // A record batch with nothing to send: nothing to settle, and left at the
+                // front it would hold back every later row.
+                continue;
+            }
             let end = start + b.num_rows() as u64;
             let n = upto.min(end).saturating_sub(start) as usize;
             if n == 0 {
@@ -366,12 +391,12 @@ impl Pending {
                 BooleanArray::from_iter((0..n).map(|i| {
                     Some(!keys.is_null(i) && !self.refused.contains(&(start + i as u64)))
                 }));
-            writer
-                .write(
-                    filter_record_batch(&part, &keep)
-                        .map_err(|e| TallyError::DataFusion(e.into()))?,
-                )
-                .await?;
+            let accepted =
+                filter_record_batch(&part, &keep).map_err(|e| TallyError::DataFusion(e.into()))?;
+            journal.sent(&accepted).await;
+            if let Some(w) = writer.as_deref_mut() {
+                w.write(accepted).await?;
+            }
             if n < b.num_rows() {
                 self.held
                     .push_front((start + n as u64, b.slice(n, b.num_rows() - n)));
@@ -388,6 +413,7 @@ impl Pending {
         max: usize,
         d: &mut Deliverer<'_>,
         writer: &mut SnapshotWriter,
+        journal: &mut Journal,
     ) -> Result<()> {
         if self.gone_rows == 0 {
             return Ok(());
@@ -405,6 +431,12 @@ impl Pending {
         let keys = diff::key_texts(&now)?;
         let refused = d.remove(&keys, self.ordinal).await?;
         self.ordinal += n as u64;
+        let done = UInt32Array::from_iter_values(
+            (0..n as u32).filter(|i| !refused.contains(&(*i as usize))),
+        );
+        journal
+            .removed(&take_record_batch(&now, &done).map_err(err)?)
+            .await;
         if !refused.is_empty() {
             let idx = UInt32Array::from_iter_values(refused.iter().map(|&i| i as u32));
             writer
@@ -417,12 +449,16 @@ impl Pending {
 
 /// One sync run: the diff streamed, changed rows delivered, (mirror) rows that left the
 /// query removed, and the new snapshot committed at the end, only if everything succeeded.
+/// Meanwhile what the destination confirmed is journaled ([`super::progress`]), so a run
+/// that stops early (a crash, a failure) is resumed by the next one without resending it.
+/// `dir` is the sync's folder, `run` the run's start in microseconds.
 async fn sync_copy(
     session: &mut Session,
     query: &str,
     destination: &str,
     options: &BTreeMap<String, String>,
-    location: &str,
+    dir: &str,
+    run: i64,
     counts: &mut Counts,
 ) -> Result<(String, DeliveryStats)> {
     let (mirror, copy_options) = sync_options(options)?;
@@ -433,14 +469,30 @@ async fn sync_copy(
     let key_field = p.key_field.as_deref();
     let copy_id = p.copy_id.clone();
     let wh = session.engine.warehouse().clone();
-    let old = read_snapshot(&wh, location).await?;
+    let location = format!("{dir}snapshot/");
+    let journal_dir = progress::location(dir);
+    let (old, version) = read_snapshot(&wh, &location).await?;
+    let (old, resumed) =
+        progress::effective_snapshot(&session.ctx, &wh, &journal_dir, old, version).await?;
+    counts.resumed = resumed;
+    if resumed > 0 {
+        tracing::info!(
+            rows = resumed,
+            "resuming an interrupted sync run: rows it confirmed are not sent again"
+        );
+    }
     let plan = diff::plan(&session.ctx, p.df, &p.mapping, old)?;
     p.dest
         .begin(&copy_id, p.mode, key_field)
         .await
         .map_err(fatal)?;
     let mut writer =
-        SnapshotWriter::start(&session.ctx, &wh, location, plan.snapshot.clone()).await?;
+        SnapshotWriter::start(&session.ctx, &wh, &location, plan.snapshot.clone()).await?;
+    let mut journal = progress::Journal::start(
+        wh.clone(),
+        format!("{journal_dir}{}/", progress::base_tag(version)),
+        run,
+    );
     let mut d = Deliverer::new(
         destination,
         p.dest.as_ref(),
@@ -487,7 +539,8 @@ async fn sync_copy(
                     st.gone_rows += s.gone.num_rows();
                     st.gone.push(s.gone);
                     while st.gone_rows >= batch_size {
-                        st.remove(batch_size, &mut d, &mut writer).await?;
+                        st.remove(batch_size, &mut d, &mut writer, &mut journal)
+                            .await?;
                     }
                 }
             }
@@ -499,15 +552,21 @@ async fn sync_copy(
                     d.reject_locally(&r, "the key column is null");
                     continue;
                 }
+                let ordinal = r.ordinal;
                 st.records.push(r);
                 if st.records.len() >= batch_size {
                     d.deliver(&st.records).await?;
                     st.records.clear();
+                    // Settled up to this row: into the journal now, not after the whole
+                    // record batch, so a crash resends at most the journal's last second.
+                    st.note_refused(&d);
+                    st.release(ordinal + 1, Some(&mut writer), &mut journal)
+                        .await?;
                 }
             }
             st.note_refused(&d);
             let upto = st.records.first().map_or(st.ordinal, |r| r.ordinal);
-            st.release(upto, &mut writer).await?;
+            st.release(upto, Some(&mut writer), &mut journal).await?;
             if d.rejected.len() >= REJECTED_FLUSH {
                 super::rejected::append(&wh, &d.rejected).await?;
                 d.rejected.clear();
@@ -519,16 +578,32 @@ async fn sync_copy(
             st.records.clear();
         }
         st.note_refused(&d);
-        st.release(u64::MAX, &mut writer).await?;
+        st.release(u64::MAX, Some(&mut writer), &mut journal)
+            .await?;
         while st.gone_rows > 0 {
-            st.remove(batch_size, &mut d, &mut writer).await?;
+            st.remove(batch_size, &mut d, &mut writer, &mut journal)
+                .await?;
         }
         Ok(())
     }
     .await;
+    if outcome.is_err() {
+        // Requests go out one at a time in ordinal order: every row below the first one
+        // still waiting (the failed request's, when a send failed) was settled.
+        st.note_refused(&d);
+        let upto = st.records.first().map_or(st.ordinal, |r| r.ordinal);
+        if let Err(e) = st.release(upto, None, &mut journal).await {
+            tracing::warn!(error = %e, "could not journal what the failed run delivered");
+        }
+    }
     // Refused rows are kept even when the run stops early.
     let kept = super::rejected::append(&wh, &d.rejected).await;
     let stats = d.stats.clone();
+    // The journal is made whole before the snapshot commits: if the commit fails, the next
+    // run still knows what was confirmed.
+    if let Err(e) = journal.finish().await {
+        tracing::warn!(error = %e, "could not journal the sync run's progress; a rerun may resend rows");
+    }
     let committed = match (outcome, kept) {
         (Ok(()), Ok(())) => writer.commit().await,
         (Err(e), _) | (Ok(()), Err(e)) => {
@@ -537,6 +612,9 @@ async fn sync_copy(
         }
     };
     committed?;
+    // The new snapshot version made the journal stale; deleting it only saves the next run
+    // a listing.
+    progress::clear(&wh, &journal_dir).await;
     Ok((copy_id, stats))
 }
 
@@ -549,6 +627,8 @@ pub enum Trigger {
     Schedule,
     /// The scheduler, after a build of the sync's `AFTER MODEL` model.
     Model,
+    /// The scheduler, after a restart, for a run the server's stop cut short.
+    Resume,
 }
 
 impl Trigger {
@@ -558,6 +638,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
             Trigger::Model => "model",
+            Trigger::Resume => "resume",
         }
     }
 }
@@ -587,6 +668,47 @@ pub struct RunReport {
     pub retried: u64,
 }
 
+/// A random id of this process, stored in the run marker of the syncs it runs
+/// ([`crate::catalog::RunMarker`]): a marker with another id was left by a process that
+/// stopped mid-run.
+pub static INSTANCE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| uuid::Uuid::new_v4().to_string());
+
+/// Records in `tally.sync_runs` a run that a crash (or kill -9) cut short: it never
+/// recorded its own end. What it confirmed is in the sync's journal, so the run that
+/// records this resumes it.
+async fn record_interrupted(session: &Session, name: &str, marker: &crate::catalog::RunMarker) {
+    let started_at = chrono::DateTime::parse_from_rfc3339(&marker.started_at)
+        .map(|t| t.timestamp_micros())
+        .unwrap_or_default();
+    let run = super::runs::SyncRun {
+        sync: name.to_string(),
+        run_id: String::new(),
+        started_at,
+        finished_at: Utc::now().timestamp_micros(),
+        status: "interrupted".into(),
+        rows_added: 0,
+        rows_changed: 0,
+        rows_unchanged: 0,
+        rows_delivered: 0,
+        rows_failed: 0,
+        error: Some(
+            "the server stopped during the run; the next run resumed it from its journal".into(),
+        ),
+        trigger: marker.trigger.clone(),
+        rows_removed: 0,
+        diff_ms: 0,
+    };
+    tracing::warn!(
+        sync = name,
+        started_at = marker.started_at,
+        "a run of this sync was interrupted (the server stopped); resuming it"
+    );
+    if let Err(e) = super::runs::append(session.engine.warehouse(), &run).await {
+        tracing::warn!(sync = name, error = %e, "could not record the interrupted run");
+    }
+}
+
 /// One run of sync `name` in `session`, recorded in `tally.sync_runs` and in the catalog
 /// whatever its outcome. The caller holds the sync's lock
 /// ([`super::Activation::sync_lock`]) so that two runs never overlap.
@@ -612,17 +734,35 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
             "sync {name} does not hold a COPY"
         )));
     };
-    let location = snapshot_location(&name);
+    let dir = sync_dir(&name);
     let mut counts = Counts::default();
     let started = Utc::now();
     let started_at = started.timestamp_micros();
+    if let Some(marker) = &entry.running
+        && marker.instance != *INSTANCE
+    {
+        record_interrupted(session, &name, marker).await;
+    }
+    let marker = crate::catalog::RunMarker {
+        started_at: started.to_rfc3339(),
+        instance: INSTANCE.clone(),
+        trigger: trigger.as_str().to_string(),
+    };
+    change_catalog(session, |doc| {
+        if let Some(e) = doc.syncs.get_mut(&name) {
+            e.running = Some(marker.clone());
+        }
+        Ok(())
+    })
+    .await?;
     tracing::info!(sync = name, trigger = trigger.as_str(), "sync run starts");
     let outcome = sync_copy(
         session,
         &query,
         &destination,
         &options,
-        &location,
+        &dir,
+        started_at,
         &mut counts,
     )
     .await;
@@ -680,6 +820,7 @@ pub async fn run_once(session: &mut Session, name: &str, trigger: Trigger) -> Re
             e.last_sent = sent;
             e.last_unchanged = unchanged;
             e.last_failed = failed;
+            e.running = None;
             if scheduled_at.is_some() {
                 e.last_scheduled_at = scheduled_at.clone();
             }

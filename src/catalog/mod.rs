@@ -138,6 +138,23 @@ pub struct SyncEntry {
     /// last run was started for; a different state starts the next run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_seen: Option<String>,
+    /// Set while a run is in progress and cleared when it ends, so that a run cut short by
+    /// a crash is seen after restart: the scheduler resumes it, and `tally.sync_runs` records
+    /// it as interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<RunMarker>,
+}
+
+/// A sync run in progress, as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMarker {
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// The process that runs it (a random id per server process): a marker left by another
+    /// process that is no longer running is a run a crash cut short.
+    pub instance: String,
+    /// Who started it (`tally.sync_runs.trigger`).
+    pub trigger: String,
 }
 
 /// A sync's schedule as stored (checked by `activate::schedule` when written).

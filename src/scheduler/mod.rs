@@ -12,8 +12,7 @@
 //! - The next tick is computed (and stored) when a run starts, so a run longer than its
 //!   interval is followed at once by one more run, never by a queue of them.
 //! - **Shutdown** stops starting runs, then waits up to the grace period for runs in
-//!   progress; a run cut short leaves the snapshot as it was and is resent next time (at
-//!   least once).
+//!   progress; a run cut short is resumed by the next start (below).
 //!
 //! - **`AFTER MODEL`** syncs run when their model has been built (see
 //!   `activate::schedule::model_fingerprint`: a new Delta version or a new table under the
@@ -23,6 +22,13 @@
 //!   runs the sync once, after it settled. The state a run started for is kept in the
 //!   catalog: a build during downtime runs the sync once after restart; a build while the
 //!   sync is running waits for that run to end.
+//!
+//! - **Interrupted runs resume.** A run in progress is marked in the catalog
+//!   ([`crate::catalog::RunMarker`]); a marker left by a process that stopped without ending
+//!   its run (kill -9, a crash, a shutdown past the grace period) is found when the
+//!   scheduler starts, and the sync runs at once, scheduled or not (unless paused). The run
+//!   starts from the interrupted run's journal (`activate::progress`), so what the
+//!   destination confirmed before the stop is not sent again.
 //!
 //! The lock is per server: two servers over one warehouse may each schedule the same sync.
 
@@ -36,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activate::schedule::model_fingerprint;
 use crate::activate::schedule::next_after;
-use crate::activate::syncs::{Trigger, run_once};
+use crate::activate::syncs::{INSTANCE, Trigger, run_once};
 use crate::catalog::{CatalogDoc, SyncEntry, SyncSchedule};
 use crate::engine::Engine;
 
@@ -215,6 +221,40 @@ fn plan(schedule: &SyncSchedule, next_run_at: Option<&str>, now: DateTime<Utc>) 
     }
 }
 
+/// Starts a run of every sync whose last run a stopped process left unfinished.
+async fn resume_interrupted(
+    engine: &Arc<Engine>,
+    runs: &mut JoinSet<String>,
+    running: &mut HashSet<String>,
+) {
+    let doc = match engine.catalog.refresh().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "scheduler cannot read the catalog to resume interrupted runs");
+            return;
+        }
+    };
+    for (name, entry) in &doc.syncs {
+        let Some(marker) = &entry.running else {
+            continue;
+        };
+        if marker.instance == *INSTANCE || entry.paused {
+            continue;
+        }
+        let lock = engine.activation.sync_lock(name);
+        let Ok(guard) = lock.try_lock_owned() else {
+            continue;
+        };
+        tracing::info!(
+            sync = name,
+            started_at = marker.started_at,
+            "resuming an interrupted sync run"
+        );
+        running.insert(name.clone());
+        spawn_run(runs, engine, name, entry, guard, Trigger::Resume);
+    }
+}
+
 async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
     let mut runs: JoinSet<String> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
@@ -223,6 +263,7 @@ async fn run(engine: Arc<Engine>, cancel: CancellationToken) {
     // AFTER MODEL syncs: the model state seen at the last poll, not yet run for.
     let mut settling: HashMap<String, String> = HashMap::new();
     tracing::info!("sync scheduler started");
+    resume_interrupted(&engine, &mut runs, &mut running).await;
     loop {
         while let Some(done) = runs.try_join_next() {
             match done {

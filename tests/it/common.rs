@@ -122,3 +122,47 @@ pub fn num(row: &BTreeMap<String, String>, col: &str) -> i64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number {col} in {row:?}"))
 }
+
+/// A loopback port free right now (for `tally serve` processes, which take fixed ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A real `tally serve` process, so that it can be killed with SIGKILL.
+pub async fn spawn_tally(data: &std::path::Path, pg: u16, http: u16) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "serve",
+            "--data",
+            &data.to_string_lossy(),
+            "--pg-listen",
+            &format!("127.0.0.1:{pg}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .env("TALLY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tally")
+}
+
+/// Waits until the `tally serve` on these ports answers health checks and connections.
+pub async fn wait_up(pg: u16, http: u16) -> Client {
+    for _ in 0..600 {
+        if reqwest::get(format!("http://127.0.0.1:{http}/health"))
+            .await
+            .is_ok()
+            && let Ok(c) = crate::common::connect(pg, "tally", None).await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("tally did not come up");
+}

@@ -13,5 +13,6 @@ mod routes;
 mod scheduler;
 mod slt;
 mod streams;
+mod sync_resume;
 mod syncs;
 mod wire;

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::common::{TestServer, code, rows};
+use crate::common::{TestServer, code, free_port, rows, spawn_tally, wait_up};
 
 /// What a receiver does with requests.
 #[derive(Clone, Copy, Default)]
@@ -546,48 +546,6 @@ async fn route_statements_check_their_inputs_and_persist() {
     assert!(list[0]["query"].contains("type = 'track'"));
     assert!(list[0]["options"].contains("give_up_after"));
     c.batch_execute("DROP ROUTE r").await.expect("drop");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A real `tally serve` process, so that it can be killed with SIGKILL.
-async fn spawn_tally(data: &std::path::Path, pg: u16, http: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "serve",
-            "--data",
-            &data.to_string_lossy(),
-            "--pg-listen",
-            &format!("127.0.0.1:{pg}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .env("TALLY_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn tally")
-}
-
-async fn wait_up(pg: u16, http: u16) -> Client {
-    for _ in 0..600 {
-        if reqwest::get(format!("http://127.0.0.1:{http}/health"))
-            .await
-            .is_ok()
-            && let Ok(c) = crate::common::connect(pg, "tally", None).await
-        {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("tally did not come up");
 }
 
 /// kill -9 of tally while events stream: after restarts, the receiver has every

@@ -412,6 +412,44 @@ async fn the_diff_streams_added_changed_removed_and_unchanged_rows_across_batche
         .expect("drop");
 }
 
+/// A record batch of the diff with nothing to send must not hold back the rows sent after
+/// it: here the first record batches (8,192 rows each) are unchanged and only the last rows
+/// change, and the new snapshot must still hold them, so the next run sends nothing.
+#[tokio::test]
+async fn rows_sent_after_an_unchanged_record_batch_reach_the_snapshot() {
+    let pg = local_postgres().await;
+    let server = TestServer::start().await;
+    let c = server.client().await;
+    let table = pg_target(&c, &pg, "app_db").await;
+    c.batch_execute(
+        "CREATE TABLE people (id bigint, name text); \
+         INSERT INTO people SELECT CAST(value AS bigint), concat('n', value) FROM generate_series(1, 20000); \
+         CREATE SYNC people_out AS COPY (SELECT id, name FROM people ORDER BY id) TO DESTINATION app_db \
+           WITH (mode = 'upsert', key = 'id', batch_size = 500)",
+    )
+    .await
+    .expect("setup");
+    let first = rows(&c, "RUN SYNC people_out").await;
+    assert_eq!(num(&first[0], "delivered"), 20000, "{first:?}");
+    c.batch_execute("UPDATE people SET name = 'late' WHERE id > 19000")
+        .await
+        .expect("change");
+    let second = rows(&c, "RUN SYNC people_out").await;
+    assert_eq!(num(&second[0], "changed"), 1000, "{second:?}");
+    assert_eq!(num(&second[0], "delivered"), 1000, "{second:?}");
+    let third = rows(&c, "RUN SYNC people_out").await;
+    assert_eq!(num(&third[0], "delivered"), 0, "{third:?}");
+    assert_eq!(num(&third[0], "unchanged"), 20000, "{third:?}");
+    assert_eq!(
+        pg_count(
+            &pg,
+            &format!("SELECT count(*) FROM {table} WHERE name = 'late'")
+        )
+        .await,
+        1000
+    );
+}
+
 // ------------------------------------------------------------------ SaaS removals
 
 /// What the mock saw: every request's path and body, and the records it holds.
