@@ -472,6 +472,23 @@ async fn attached_postgres_table_reads_filters_copies_and_refuses_writes() {
         .is_empty()
     );
 
+    // The password can come from the server's environment instead of the URL.
+    let err = c
+        .simple_query(&format!("CREATE EXTERNAL TABLE nope STORED AS POSTGRES LOCATION 'postgres://postgres@127.0.0.1:5432/test' OPTIONS ('table' 'public.{t}', 'password_env' 'PULL_NO_SUCH_VAR')"))
+        .await
+        .expect_err("unset variable");
+    assert_eq!(code(&err), "22023", "{err:?}");
+    // SAFETY: nextest runs each test in its own process, and no other thread reads it now.
+    unsafe { std::env::set_var("PULL_TEST_PG_PASSWORD", "envpw-123") };
+    c.batch_execute(&format!("CREATE EXTERNAL TABLE app_users_env STORED AS POSTGRES LOCATION 'postgres://postgres@127.0.0.1:5432/test' OPTIONS ('table' 'public.{t}', 'password_env' 'PULL_TEST_PG_PASSWORD')"))
+        .await
+        .expect("attach with password_env");
+    let got = rows(&c, "SELECT count(*) AS n FROM app_users_env WHERE id = 1").await;
+    assert_eq!(num(&got[0], "n"), 1);
+    c.batch_execute("DROP TABLE app_users_env")
+        .await
+        .expect("detach");
+
     c.batch_execute("DROP TABLE app_users")
         .await
         .expect("detach");
