@@ -83,6 +83,17 @@ pub enum TallyError {
         /// What happened, without secrets.
         message: String,
     },
+    /// A system tally pulls from (an HTTP API read by `read_json_api`, an attached
+    /// PostgreSQL or MySQL database) failed; the code says how (08001 cannot connect,
+    /// 28000 refused credentials, 42P01 missing table or resource, 25006 write refused, ...).
+    /// The message never holds a secret.
+    #[error("{message}")]
+    Remote {
+        /// The SQLSTATE that fits best.
+        code: &'static str,
+        /// What happened, without secrets.
+        message: String,
+    },
     /// Anything else that should never happen (XX000).
     #[error("internal error: {0}")]
     Internal(String),
@@ -139,6 +150,7 @@ impl TallyError {
             TallyError::Delta(e) => delta_sqlstate(e),
             TallyError::ObjectStore(_) => "58030",
             TallyError::Destination { code, .. } => code,
+            TallyError::Remote { code, .. } => code,
             TallyError::Internal(_) => "XX000",
         }
     }

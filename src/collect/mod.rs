@@ -5,12 +5,14 @@
 //! write-ahead log ([`wal`]) and acknowledged once the log is fsynced. The [`flush`]er moves
 //! the log into Delta tables laid out as the Segment warehouse destinations do ([`layout`]).
 //! Sources are catalog objects managed with SQL ([`sources`]); `tally.sources` and
-//! `tally.source_stats` show them ([`system`]).
+//! `tally.source_stats` show them ([`system`]). Data tally fetches itself (HTTP APIs and
+//! attached databases) is [`pull`] collection.
 
 pub mod flush;
 pub mod http;
 pub mod layout;
 pub mod message;
+pub mod pull;
 pub mod sources;
 pub mod system;
 pub mod wal;

@@ -128,6 +128,7 @@ impl Engine {
         setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| TallyError::Internal(format!("pg_catalog setup failed: {e}")))?;
         tally_udfs::register_all(&ctx);
+        crate::collect::pull::register(&ctx);
         pg_compat::register(&ctx);
         pg_overrides::install(&ctx, catalog.clone()).await?;
         let timestamp_text = Arc::new(pg_text::TimestampText::udf());

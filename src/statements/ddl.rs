@@ -556,7 +556,8 @@ pub async fn alter_view(session: &mut Session, name: ObjectName, query: Query) -
     Ok(Output::Command(Completion::tag("ALTER VIEW")))
 }
 
-/// `CREATE EXTERNAL TABLE name [(columns)] STORED AS PARQUET|CSV|JSON LOCATION 'url'`.
+/// `CREATE EXTERNAL TABLE name [(columns)] STORED AS PARQUET|CSV|JSON LOCATION 'url'`, and
+/// `STORED AS POSTGRES|MYSQL` for attached database tables (`collect::pull::attach`).
 pub async fn create_external_table(
     session: &mut Session,
     sql: String,
@@ -593,7 +594,9 @@ pub async fn create_external_table(
             code: "22023",
             message: format!("invalid location '{}'", location),
         })?;
-    if url.scheme() != "file" {
+    // Attached databases (STORED AS POSTGRES | MYSQL) connect themselves; files need the
+    // object store of their location.
+    if url.scheme() != "file" && !crate::collect::pull::attach::is_attached_type(&cet.file_type) {
         let (store, _) = crate::storage::store_for_url(&url, &session.engine.warehouse().options)?;
         session.ctx.runtime_env().register_object_store(&url, store);
     }

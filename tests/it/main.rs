@@ -9,6 +9,7 @@ mod identity;
 mod identity_graph;
 mod models;
 mod persistence;
+mod pull;
 mod routes;
 mod scheduler;
 mod slt;
