@@ -6,6 +6,7 @@
 pub mod columns;
 mod pg_compat;
 mod pg_overrides;
+pub mod pg_queries;
 pub mod pg_text;
 pub mod session;
 
