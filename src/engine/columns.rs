@@ -443,8 +443,16 @@ pub fn pg_type(field: &Arc<Field>, column: bool) -> pgwire::error::PgWireResult<
             .is_some_and(|k| k == "oid"),
         _ => false,
     };
+    // The oid-alias marker describes an Int32; a cast keeps the marker (`oid::bigint`), which
+    // must then be reported as its own type.
+    let aliased_other = !matches!(arrow, DataType::Int32)
+        && field
+            .metadata()
+            .contains_key(arrow_pg::datatypes::PG_OID_ALIAS_KEY);
     let t = if oid_list {
         Type::OID_ARRAY
+    } else if aliased_other {
+        arrow_pg::datatypes::into_pg_type(arrow)?
     } else {
         arrow_pg::datatypes::field_into_pg_type(field)?
     };

@@ -503,11 +503,11 @@ async fn text_output_follows_postgres() {
     let c = s.client().await;
     let rows = c
         .simple_query(
-            "SELECT CAST(-2 AS double precision), CAST(1e20 AS double precision), \
-             CAST('inf' AS double precision), CAST(0.1 AS real), \
-             TIMESTAMP '2024-02-29 13:45:01', TIMESTAMP '2024-01-02 03:04:05.5', \
-             CAST(TIMESTAMP '2024-01-02 03:04:05' AS timestamptz), \
-             CAST(CAST(-2 AS double precision) AS text), CAST(CAST(1.5 AS real) AS text)",
+            "SELECT CAST(-2 AS double precision) AS a, CAST(1e20 AS double precision) AS b, \
+             CAST('inf' AS double precision) AS c, CAST(0.1 AS real) AS d, \
+             TIMESTAMP '2024-02-29 13:45:01' AS e, TIMESTAMP '2024-01-02 03:04:05.5' AS f, \
+             CAST(TIMESTAMP '2024-01-02 03:04:05' AS timestamptz) AS g, \
+             CAST(CAST(-2 AS double precision) AS text) AS h, CAST(CAST(1.5 AS real) AS text) AS i",
         )
         .await
         .unwrap();
