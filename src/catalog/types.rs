@@ -111,6 +111,10 @@ pub fn arrow_type(sql: &SqlType) -> Result<(DataType, Option<String>)> {
 
 fn pg_name_to_keep(sql: &SqlType) -> Option<String> {
     match sql {
+        // Stored with a fixed scale; PostgreSQL reports it without a type modifier.
+        SqlType::Numeric(ExactNumberInfo::None)
+        | SqlType::Decimal(ExactNumberInfo::None)
+        | SqlType::Dec(ExactNumberInfo::None) => Some("numeric".into()),
         SqlType::JSON => Some("json".into()),
         SqlType::JSONB => Some("jsonb".into()),
         SqlType::Uuid => Some("uuid".into()),

@@ -3,9 +3,11 @@
 //! own [`Session`], a cheap clone of the template with its own settings, temporary tables and
 //! transaction, over the shared catalog.
 
+pub mod columns;
 mod pg_compat;
 mod pg_overrides;
-mod pg_text;
+pub mod pg_queries;
+pub mod pg_text;
 pub mod session;
 
 use std::sync::Arc;
@@ -55,6 +57,11 @@ pub struct Engine {
     pub activation: Arc<crate::activate::Activation>,
     /// Real-time routes' counters and change signal (`tally.route_stats`).
     pub routes: Arc<crate::route::Registry>,
+    /// `pg_class` OIDs of user relations by (schema, name), for RowDescription's table OID
+    /// ([`columns`]); re-read when a relation is missing and the catalog moved on.
+    relation_oids: DashMap<(String, String), i32>,
+    /// Catalog version `relation_oids` was last read at.
+    relation_oids_version: std::sync::atomic::AtomicU64,
 }
 
 /// Counts a statement as running while alive, so shutdown can wait for commits to finish.
@@ -185,6 +192,8 @@ impl Engine {
             identity_graphs: Default::default(),
             activation: Default::default(),
             routes,
+            relation_oids: DashMap::new(),
+            relation_oids_version: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -222,6 +231,33 @@ impl Engine {
     /// Statements running right now.
     pub fn running_statements(&self) -> usize {
         self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The `pg_class` OID of the relation `schema.name` as the session's catalog sees it
+    /// (`None` when it has none: temporary tables, relations not committed yet).
+    pub async fn relation_oid(&self, session: &Session, schema: &str, name: &str) -> Option<i32> {
+        let key = (schema.to_string(), name.to_string());
+        if let Some(oid) = self.relation_oids.get(&key) {
+            return Some(*oid);
+        }
+        let version = self.catalog.current().version;
+        if self
+            .relation_oids_version
+            .swap(version, std::sync::atomic::Ordering::SeqCst)
+            == version
+        {
+            return None;
+        }
+        match columns::read_relation_oids(session).await {
+            Ok(oids) => {
+                self.relation_oids.clear();
+                for (k, v) in oids {
+                    self.relation_oids.insert(k, v);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading pg_class OIDs failed"),
+        }
+        self.relation_oids.get(&key).map(|o| *o)
     }
 
     /// The warehouse.

@@ -290,11 +290,28 @@ impl ScalarUDFImpl for SetConfig {
 }
 
 /// Plans PostgreSQL type names DataFusion lacks (`uuid`, `json`, `jsonb`, `name`,
-/// `citext`) as text, then defers to the catalog's planner (regclass and friends).
+/// `citext`) as text, then defers to the catalog's planner (regclass and friends). Casts to
+/// `uuid`, `json`, `jsonb`, `varchar(n)`, `char(n)` and `numeric` keep the type's PostgreSQL
+/// name in their field's metadata ([`super::columns::PG_TYPE_KEY`]), so the result column is
+/// reported as that type (asyncpg decodes `$1::uuid` as a `uuid.UUID`, psycopg a jsonb as a
+/// document) although Arrow holds a string or a decimal.
 #[derive(Debug)]
 pub struct PgTypePlanner {
     /// The planner it wraps.
     pub inner: Option<Arc<dyn datafusion::logical_expr::planner::TypePlanner>>,
+}
+
+/// A nullable field of `t` whose metadata names the PostgreSQL type `pg`.
+fn declared_field(t: DataType, pg: Option<String>) -> datafusion::arrow::datatypes::FieldRef {
+    let f = datafusion::arrow::datatypes::Field::new("", t, true);
+    Arc::new(match pg {
+        Some(pg) => f.with_metadata(
+            [(super::columns::PG_TYPE_KEY.to_string(), pg)]
+                .into_iter()
+                .collect(),
+        ),
+        None => f,
+    })
 }
 
 impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
@@ -302,23 +319,61 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
         &self,
         sql_type: &datafusion::sql::sqlparser::ast::DataType,
     ) -> DFResult<Option<datafusion::arrow::datatypes::FieldRef>> {
-        use datafusion::sql::sqlparser::ast::DataType as S;
-        let text = || {
-            Ok(Some(Arc::new(datafusion::arrow::datatypes::Field::new(
-                "",
-                DataType::Utf8,
-                true,
-            ))))
+        use datafusion::sql::sqlparser::ast::{CharacterLength, DataType as S, ExactNumberInfo};
+        let text =
+            |pg: Option<&str>| Ok(Some(declared_field(DataType::Utf8, pg.map(str::to_string))));
+        let with_length = |base: &str, len: &Option<CharacterLength>| match len {
+            Some(CharacterLength::IntegerLength { length, .. }) => format!("{base}({length})"),
+            _ => base.to_string(),
         };
         match sql_type {
-            S::Uuid | S::JSON | S::JSONB => return text(),
+            S::Uuid => return text(Some("uuid")),
+            S::JSON => return text(Some("json")),
+            S::JSONB => return text(Some("jsonb")),
+            S::Varchar(len) | S::CharacterVarying(len) | S::CharVarying(len) => {
+                return text(Some(&with_length("varchar", len)));
+            }
+            S::Char(len) | S::Character(len) => {
+                // `char` alone is `char(1)`.
+                let len = (*len).or(Some(CharacterLength::IntegerLength {
+                    length: 1,
+                    unit: None,
+                }));
+                return text(Some(&with_length("bpchar", &len)));
+            }
+            S::Numeric(info) | S::Decimal(info) | S::Dec(info) => {
+                let (p, s, pg) = match info {
+                    ExactNumberInfo::None => {
+                        let (p, s) = crate::catalog::types::DEFAULT_NUMERIC;
+                        (p, s, "numeric".to_string())
+                    }
+                    ExactNumberInfo::Precision(p) => (*p as u8, 0, format!("numeric({p},0)")),
+                    ExactNumberInfo::PrecisionAndScale(p, s) => {
+                        (*p as u8, *s as i8, format!("numeric({p},{s})"))
+                    }
+                };
+                if p == 0 || p > 38 || s < 0 || s as u8 > p {
+                    // DataFusion's own planner reports the bad precision or scale.
+                    return Ok(None);
+                }
+                return Ok(Some(declared_field(DataType::Decimal128(p, s), Some(pg))));
+            }
             S::Custom(name, _) => {
                 let n = name.to_string().to_ascii_lowercase();
-                if matches!(
-                    n.trim_matches('"'),
-                    "name" | "citext" | "jsonb" | "json" | "uuid" | "bpchar"
-                ) {
-                    return text();
+                match n.trim_matches('"') {
+                    // `"char"`, the one-byte catalog type (plain `char` is not `Custom`).
+                    "char" => {
+                        let f = datafusion::arrow::datatypes::Field::new("", DataType::Utf8, true)
+                            .with_metadata(
+                                [(arrow_pg::datatypes::PG_CHAR_KEY.to_string(), "char".into())]
+                                    .into_iter()
+                                    .collect(),
+                            );
+                        return Ok(Some(Arc::new(f)));
+                    }
+                    "name" | "citext" | "bpchar" => return text(None),
+                    pg @ ("jsonb" | "json" | "uuid") => return text(Some(pg)),
+                    _ => {}
                 }
             }
             _ => {}

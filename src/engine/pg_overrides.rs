@@ -9,6 +9,17 @@
 //! - `pg_description`: datafusion-pg-catalog serves PostgreSQL's built-in descriptions only;
 //!   the comments users set with `COMMENT ON` (dbt's `persist_docs`, read back by
 //!   `dbt docs generate`, psql's `\d+`) are added from tally's catalog.
+//! - `pg_attribute`: datafusion-pg-catalog derives each column's type from its Arrow type
+//!   alone, so `uuid`, `json`, `jsonb` and `varchar` columns (strings in Delta) read as
+//!   `text`, arrays of anything but text and int4 as `text`, and no column has a type
+//!   modifier (`numeric(10,2)` reads as `numeric`). psql's `\d`, JDBC's `getColumns` and
+//!   SQLAlchemy's reflection format the type from `atttypid` and `atttypmod`, so both are
+//!   taken from tally's declarations (`tally_column_types`) where it has them.
+//! - `pg_views.definition` (and so `pg_get_viewdef`, which SQLAlchemy's
+//!   `get_view_definition` calls): the view's query as stored (`tally_view_definitions`).
+//! - `pg_index`: empty (tally has no indexes), but its `int2vector`/`oidvector` columns
+//!   (`indkey`, `indclass`, `indcollation`, `indoption`) are arrays, so that catalog queries
+//!   that `unnest` them (SQLAlchemy's primary key and index reflection) plan.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +44,10 @@ const PG_TABLES: &str = "SELECT n.nspname AS schemaname, c.relname AS tablename,
      WHERE c.relkind IN ('r', 'p')";
 
 const PG_VIEWS: &str = "SELECT n.nspname AS schemaname, c.relname AS viewname, \
-     pg_get_userbyid(c.relowner) AS viewowner, CAST(NULL AS text) AS definition \
+     pg_get_userbyid(c.relowner) AS viewowner, d.definition \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_catalog.tally_view_definitions d \
+       ON d.nspname = n.nspname AND d.relname = c.relname \
      WHERE c.relkind = 'v'";
 
 /// Built-in descriptions plus the users' comments; `classoid` 1259 is `pg_class`, and
@@ -50,6 +63,23 @@ const PG_DESCRIPTION: &str = "SELECT objoid, classoid, objsubid, description \
      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = d.attname \
      WHERE d.attname IS NULL OR a.attnum IS NOT NULL";
 
+/// datafusion-pg-catalog's `pg_attribute` with the types tally knows better.
+const PG_ATTRIBUTE: &str = "SELECT a.attrelid, a.attname, \
+     CAST(COALESCE(t.atttypid, a.atttypid) AS oid) AS atttypid, a.attstattarget, \
+     COALESCE(t.attlen, a.attlen) AS attlen, a.attnum, \
+     COALESCE(t.attndims, a.attndims) AS attndims, a.attcacheoff, \
+     COALESCE(t.atttypmod, a.atttypmod) AS atttypmod, a.attbyval, a.attalign, a.attstorage, \
+     a.attcompression, a.attnotnull, a.atthasdef, a.atthasmissing, a.attidentity, \
+     a.attgenerated, a.attisdropped, a.attislocal, a.attinhcount, a.attcollation, a.attacl, \
+     a.attoptions, a.attfdwoptions, a.attmissingval \
+     FROM pg_catalog.tally_base_attribute a \
+     LEFT JOIN (SELECT c.oid AS relid, ct.attname, ct.atttypid, ct.atttypmod, ct.attlen, \
+                       ct.attndims \
+                FROM pg_catalog.tally_column_types ct \
+                JOIN pg_catalog.pg_namespace n ON n.nspname = ct.nspname \
+                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = ct.relname) t \
+       ON t.relid = a.attrelid AND t.attname = a.attname";
+
 /// Replaces `pg_tables`, `pg_views` and `pg_description` in the context's `pg_catalog`;
 /// call after datafusion-pg-catalog's setup.
 pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<()> {
@@ -63,9 +93,30 @@ pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<(
         .table("pg_description")
         .await?
         .ok_or_else(|| TallyError::Internal("pg_description missing".into()))?;
+    let base_attribute = inner
+        .table("pg_attribute")
+        .await?
+        .ok_or_else(|| TallyError::Internal("pg_attribute missing".into()))?;
     // Helpers the views read, resolvable by name but not listed.
     let mut overrides: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
     overrides.insert("tally_builtin_description".into(), builtin);
+    overrides.insert("tally_base_attribute".into(), base_attribute);
+    if let Some(index) = inner.table("pg_index").await? {
+        overrides.insert("pg_index".into(), empty_index_table(&index.schema())?);
+    }
+    overrides.insert(
+        "tally_column_types".into(),
+        Arc::new(ColumnTypes {
+            store: store.clone(),
+            catalog: catalog.clone(),
+        }),
+    );
+    overrides.insert(
+        "tally_view_definitions".into(),
+        Arc::new(ViewDefinitions {
+            store: store.clone(),
+        }),
+    );
     overrides.insert("tally_comments".into(), Arc::new(Comments { store }));
     catalog.register_schema(
         "pg_catalog",
@@ -78,6 +129,7 @@ pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<(
         ("pg_tables", PG_TABLES),
         ("pg_views", PG_VIEWS),
         ("pg_description", PG_DESCRIPTION),
+        ("pg_attribute", PG_ATTRIBUTE),
     ] {
         let plan = ctx.state().create_logical_plan(sql).await?;
         overrides.insert(
@@ -87,6 +139,31 @@ pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<(
     }
     catalog.register_schema("pg_catalog", Arc::new(Overridden { inner, overrides }))?;
     Ok(())
+}
+
+/// An empty `pg_index` with datafusion-pg-catalog's columns, its vector columns as arrays.
+fn empty_index_table(schema: &SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let element = match f.name().as_str() {
+                "indkey" | "indoption" => Some(DataType::Int16),
+                "indclass" | "indcollation" => Some(DataType::Int32),
+                _ => None,
+            };
+            match element {
+                Some(t) => Field::new(
+                    f.name(),
+                    DataType::List(Arc::new(Field::new("item", t, true))),
+                    true,
+                ),
+                None => f.as_ref().clone(),
+            }
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
 }
 
 /// datafusion-pg-catalog's schema with some of its tables replaced.
@@ -172,6 +249,180 @@ impl Comments {
 
 #[async_trait]
 impl TableProvider for Comments {
+    fn schema(&self) -> SchemaRef {
+        Self::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let table = MemTable::try_new(Self::schema(), vec![vec![self.batch()?]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// The type of every column of every user relation as PostgreSQL would report it
+/// (`atttypid`, `atttypmod`, `attlen`, `attndims`), from tally's declarations
+/// ([`crate::engine::columns::relation_fields`]), read at every scan.
+struct ColumnTypes {
+    store: Arc<CatalogStore>,
+    catalog: Arc<dyn datafusion::catalog::CatalogProvider>,
+}
+
+impl std::fmt::Debug for ColumnTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ColumnTypes")
+    }
+}
+
+impl ColumnTypes {
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("nspname", DataType::Utf8, false),
+            Field::new("relname", DataType::Utf8, false),
+            Field::new("attname", DataType::Utf8, false),
+            Field::new("atttypid", DataType::Int32, false),
+            Field::new("atttypmod", DataType::Int32, false),
+            Field::new("attlen", DataType::Int16, false),
+            Field::new("attndims", DataType::Int32, false),
+        ]))
+    }
+
+    async fn batch(&self) -> DFResult<RecordBatch> {
+        use datafusion::arrow::array::{Int16Builder, Int32Builder};
+        let doc = self.store.current();
+        let (mut nsp, mut rel, mut att) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut typid, mut typmod, mut len, mut ndims) = (
+            Int32Builder::new(),
+            Int32Builder::new(),
+            Int16Builder::new(),
+            Int32Builder::new(),
+        );
+        for (schema_name, entry) in &doc.schemas {
+            let Some(schema) = self.catalog.schema(schema_name) else {
+                continue;
+            };
+            for (name, relation) in &entry.relations {
+                // A relation that cannot be opened right now keeps datafusion-pg-catalog's
+                // answer (which skips it too).
+                let Ok(Some(provider)) = schema.table(name).await else {
+                    continue;
+                };
+                for field in
+                    crate::engine::columns::relation_fields(&doc, relation, provider.as_ref())
+                {
+                    let Ok((t, m)) = crate::engine::columns::pg_type(&field, true) else {
+                        continue;
+                    };
+                    let dims = match field.data_type() {
+                        DataType::List(_)
+                        | DataType::LargeList(_)
+                        | DataType::FixedSizeList(..) => 1,
+                        _ => 0,
+                    };
+                    nsp.append_value(schema_name);
+                    rel.append_value(name);
+                    att.append_value(field.name());
+                    typid.append_value(t.oid() as i32);
+                    typmod.append_value(m);
+                    len.append_value(crate::engine::columns::type_len(&t));
+                    ndims.append_value(dims);
+                }
+            }
+        }
+        Ok(RecordBatch::try_new(
+            Self::schema(),
+            vec![
+                Arc::new(nsp.finish()),
+                Arc::new(rel.finish()),
+                Arc::new(att.finish()),
+                Arc::new(typid.finish()),
+                Arc::new(typmod.finish()),
+                Arc::new(len.finish()),
+                Arc::new(ndims.finish()),
+            ],
+        )?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for ColumnTypes {
+    fn schema(&self) -> SchemaRef {
+        Self::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let table = MemTable::try_new(Self::schema(), vec![vec![self.batch().await?]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// The query of every view in the committed catalog (`pg_views.definition`).
+#[derive(Debug)]
+struct ViewDefinitions {
+    store: Arc<CatalogStore>,
+}
+
+impl ViewDefinitions {
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("nspname", DataType::Utf8, false),
+            Field::new("relname", DataType::Utf8, false),
+            Field::new("definition", DataType::Utf8, false),
+        ]))
+    }
+
+    fn batch(&self) -> DFResult<RecordBatch> {
+        let doc = self.store.current();
+        let (mut nsp, mut rel, mut def) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        for (schema, entry) in &doc.schemas {
+            for (name, relation) in &entry.relations {
+                if let Relation::View(v) = relation {
+                    nsp.append_value(schema);
+                    rel.append_value(name);
+                    def.append_value(&v.sql);
+                }
+            }
+        }
+        Ok(RecordBatch::try_new(
+            Self::schema(),
+            vec![
+                Arc::new(nsp.finish()),
+                Arc::new(rel.finish()),
+                Arc::new(def.finish()),
+            ],
+        )?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewDefinitions {
     fn schema(&self) -> SchemaRef {
         Self::schema()
     }

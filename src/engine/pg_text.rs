@@ -1,16 +1,22 @@
-//! Timestamps cast to text read as PostgreSQL writes them.
+//! Timestamps and floats cast to text read as PostgreSQL writes them.
 //!
 //! Arrow's cast writes `2024-01-01T00:00:00` (ISO 8601 with a `T`); PostgreSQL writes
 //! `2024-01-01 00:00:00`, with fractional seconds only when there are some, trimmed, and
-//! `+00` after a `timestamptz` (the session zone is UTC). Users compare, group by and export
-//! `ts::text`, so the difference shows. An analyzer rule replaces every cast of a timestamp
-//! to a string type (explicit, or one the type coercion added) by `pg_timestamp_text`.
+//! `+00` after a `timestamptz` (the session zone is UTC). Arrow writes the float -2 as
+//! `-2.0` and infinity as `inf`; PostgreSQL as `-2` and `Infinity`, with the shortest digits
+//! that read back as the same value. Users compare, group by and export `ts::text` and
+//! `x::text`, so the difference shows. An analyzer rule replaces every cast of a timestamp or
+//! float to a string type (explicit, or one the type coercion added) by `pg_timestamp_text`,
+//! which handles both. The wire layer writes text-format results with the same functions.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringBuilder, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, StringBuilder, TimestampMicrosecondArray,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{Float32Type, Float64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, Result as DFResult, exec_err};
@@ -72,27 +78,10 @@ impl ScalarUDFImpl for TimestampText {
             return exec_err!("pg_timestamp_text takes one argument");
         };
         let array = arg.to_array(args.number_rows)?;
-        let with_zone = match array.data_type() {
-            DataType::Timestamp(_, tz) => tz.is_some(),
-            other => return exec_err!("pg_timestamp_text: not a timestamp: {other}"),
+        let out = match array.data_type() {
+            DataType::Float32 | DataType::Float64 => float_text(&array),
+            _ => timestamp_text(&array)?,
         };
-        let micros = cast(&array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let micros = micros
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp cast".into()))?;
-        let mut b = StringBuilder::with_capacity(micros.len(), micros.len() * 20);
-        let mut s = String::with_capacity(32);
-        for i in 0..micros.len() {
-            if micros.is_null(i) {
-                b.append_null();
-            } else {
-                s.clear();
-                format_micros(micros.value(i), with_zone, &mut s);
-                b.append_value(&s);
-            }
-        }
-        let out: ArrayRef = Arc::new(b.finish());
         Ok(match arg {
             ColumnarValue::Scalar(_) => {
                 ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
@@ -102,7 +91,124 @@ impl ScalarUDFImpl for TimestampText {
     }
 }
 
-/// Rewrites casts of timestamps to strings into `pg_timestamp_text`.
+/// Timestamps as PostgreSQL's text output writes them (UTC for `timestamptz`).
+pub fn timestamp_text(array: &ArrayRef) -> DFResult<ArrayRef> {
+    let with_zone = match array.data_type() {
+        DataType::Timestamp(_, tz) => tz.is_some(),
+        other => return exec_err!("pg_timestamp_text: not a timestamp: {other}"),
+    };
+    let micros = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let micros = micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp cast".into()))?;
+    let mut b = StringBuilder::with_capacity(micros.len(), micros.len() * 20);
+    let mut s = String::with_capacity(32);
+    for i in 0..micros.len() {
+        if micros.is_null(i) {
+            b.append_null();
+        } else {
+            s.clear();
+            format_micros(micros.value(i), with_zone, &mut s);
+            b.append_value(&s);
+        }
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+/// Floats as PostgreSQL's text output writes them ([`format_float`]); other arrays are
+/// returned cast to text.
+pub fn float_text(col: &ArrayRef) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(col.len(), col.len() * 8);
+    let mut s = String::with_capacity(32);
+    let mut push = |v: Option<f64>, sci: &dyn Fn() -> String, fixed_below: i32| match v {
+        Some(v) => {
+            s.clear();
+            format_float(v, sci(), fixed_below, &mut s);
+            b.append_value(&s);
+        }
+        None => b.append_null(),
+    };
+    match col.data_type() {
+        DataType::Float32 => {
+            for v in col.as_primitive::<Float32Type>() {
+                push(
+                    v.map(f64::from),
+                    &|| format!("{:e}", v.unwrap_or(0.0).abs()),
+                    6,
+                );
+            }
+        }
+        DataType::Float64 => {
+            for v in col.as_primitive::<Float64Type>() {
+                push(v, &|| format!("{:e}", v.unwrap_or(0.0).abs()), 15);
+            }
+        }
+        _ => return cast(col, &DataType::Utf8).unwrap_or_else(|_| col.clone()),
+    }
+    Arc::new(b.finish())
+}
+
+/// Writes a float as PostgreSQL's `float8out`/`float4out` do with the default
+/// `extra_float_digits` (1): the shortest digits that read back as the same value, in
+/// fixed notation when the decimal exponent is in `-4..fixed_below` (15 for float8, 6 for
+/// float4) and as `1.5e+20` otherwise. `sci` is Rust's shortest `{:e}` form of `|v|`.
+pub fn format_float(v: f64, sci: String, fixed_below: i32, out: &mut String) {
+    if v.is_nan() {
+        out.push_str("NaN");
+        return;
+    }
+    if v.is_infinite() {
+        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+        return;
+    }
+    if v.is_sign_negative() {
+        out.push('-');
+    }
+    if v == 0.0 {
+        out.push('0');
+        return;
+    }
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    if (-4..fixed_below).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            for _ in 0..(-exp - 1) {
+                out.push('0');
+            }
+            out.push_str(&digits);
+        } else {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                for _ in digits.len()..int_len {
+                    out.push('0');
+                }
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        let a = exp.unsigned_abs();
+        if a < 10 {
+            out.push('0');
+        }
+        out.push_str(&a.to_string());
+    }
+}
+
+/// Rewrites casts of timestamps and floats to strings into `pg_timestamp_text`.
 #[derive(Debug)]
 pub struct PgTextCasts {
     udf: Arc<ScalarUDF>,
@@ -127,7 +233,7 @@ impl PgTextCasts {
             _ => return Ok(Transformed::no(e)),
         };
         match inner.get_type(schema) {
-            Ok(DataType::Timestamp(_, _)) => {
+            Ok(DataType::Timestamp(_, _) | DataType::Float32 | DataType::Float64) => {
                 let text = self.udf.call(vec![inner]);
                 Ok(Transformed::yes(if to == DataType::Utf8 {
                     text
@@ -149,7 +255,13 @@ impl AnalyzerRule for PgTextCasts {
             } else {
                 merge_schema(&inputs)
             };
-            node.map_expressions(|e| e.transform_up(|x| self.rewrite(x, &schema)))
+            // Rewritten expressions keep their names, so the columns above still resolve.
+            let names = datafusion::logical_expr::expr_rewriter::NamePreserver::new(&node);
+            node.map_expressions(|e| {
+                let saved = names.save(&e);
+                e.transform_up(|x| self.rewrite(x, &schema))
+                    .map(|t| t.update_data(|e| saved.restore(e)))
+            })
         })
         .map(|t| t.data)
     }
@@ -162,6 +274,43 @@ impl AnalyzerRule for PgTextCasts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn f8(v: f64) -> String {
+        let mut s = String::new();
+        crate::engine::pg_text::format_float(v, format!("{:e}", v.abs()), 15, &mut s);
+        s
+    }
+
+    fn f4(v: f32) -> String {
+        let mut s = String::new();
+        crate::engine::pg_text::format_float(v as f64, format!("{:e}", v.abs()), 6, &mut s);
+        s
+    }
+
+    #[test]
+    fn floats_print_as_postgres() {
+        // Each expectation is PostgreSQL 15's output for the same value.
+        assert_eq!(f8(-2.0), "-2");
+        assert_eq!(f8(1e20), "1e+20");
+        assert_eq!(f8(1e15), "1e+15");
+        assert_eq!(f8(1e14), "100000000000000");
+        assert_eq!(f8(1e-5), "1e-05");
+        assert_eq!(f8(0.0001), "0.0001");
+        assert_eq!(f8(123456789012345678.0), "1.2345678901234568e+17");
+        assert_eq!(f8(f64::INFINITY), "Infinity");
+        assert_eq!(f8(f64::NEG_INFINITY), "-Infinity");
+        assert_eq!(f8(f64::NAN), "NaN");
+        assert_eq!(f8(-0.0), "-0");
+        assert_eq!(f8(1.5e300), "1.5e+300");
+        assert_eq!(f8(1.25e-7), "1.25e-07");
+        assert_eq!(f8(0.1f32 as f64), "0.10000000149011612");
+        assert_eq!(f8(2.5), "2.5");
+        assert_eq!(f4(1.5), "1.5");
+        assert_eq!(f4(1e6), "1e+06");
+        assert_eq!(f4(1e5), "100000");
+        assert_eq!(f4(123456.7), "123456.7");
+        assert_eq!(f4(0.1), "0.1");
+    }
 
     #[test]
     fn formats_as_postgres() {

@@ -166,6 +166,12 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     {
         return parse_one(compat, &plain);
     }
+    if let Some(substitute) = crate::engine::pg_queries::substitute(text) {
+        return parse_one(compat, substitute);
+    }
+    if let Some(replaced) = crate::engine::pg_queries::replace_text(text) {
+        return parse_one(compat, &replaced);
+    }
     let mut stmts = compat.parse(text).map_err(|_| {
         // The compatibility parser loses token positions; parse again for the message.
         match Parser::parse_sql(&PostgreSqlDialect {}, text) {
@@ -178,6 +184,7 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
             let mut stmt = stmts.remove(0);
             super::rewrite::like_escape(&mut stmt);
             super::rewrite::alias_column_casts(&mut stmt);
+            crate::engine::pg_queries::rewrite(&mut stmt);
             super::rewrite::aggregate_catalog_subqueries(&mut stmt);
             Ok(TallyStatement::Sql(Box::new(stmt)))
         }

@@ -152,13 +152,18 @@ pub async fn run_query(session: &Session, stmt: Statement) -> Result<Output> {
 /// Executes a query plan and streams its rows.
 pub async fn stream_plan(session: &Session, plan: LogicalPlan) -> Result<Output> {
     guard(&plan)?;
+    // What PostgreSQL reports about each column (declared types, table OIDs) rides on the
+    // stream's schema to the wire.
+    let annotated = crate::engine::columns::annotate(session, &plan).await;
     let df = session
         .ctx
         .execute_logical_plan(plan)
         .await
         .map_err(map_plan_error)?;
     let stream = df.execute_stream().await.map_err(map_plan_error)?;
-    Ok(Output::Rows(stream))
+    Ok(Output::Rows(crate::engine::columns::annotate_stream(
+        stream, &annotated,
+    )))
 }
 
 /// Runs a DML statement to completion and reports the affected rows.

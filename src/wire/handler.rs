@@ -193,19 +193,23 @@ fn rows_response(
     opts: Arc<FormatOptions>,
 ) -> PgWireResult<Response> {
     let schema = stream.schema();
-    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
-        &schema,
-        format,
-        Some(opts),
-    )?);
+    let fields = Arc::new(super::encode::fields(&schema, format, Some(opts))?);
+    let presenting = super::encode::needs_presenting(&schema, &fields);
     let f = fields.clone();
     let rows = stream
         .map(move |batch: datafusion::error::Result<RecordBatch>| {
+            let batch = match batch {
+                Ok(b) if presenting => {
+                    super::encode::present(b, &f).map_err(|e| pg_error(unwrap_datafusion(e.into())))
+                }
+                Ok(b) => Ok(b),
+                Err(e) => Err(pg_error(unwrap_datafusion(e))),
+            };
             let it: Box<
                 dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + Sync,
             > = match batch {
                 Ok(b) => arrow_pg::datatypes::encode_recordbatch(f.clone(), b),
-                Err(e) => Box::new(std::iter::once(Err(pg_error(unwrap_datafusion(e))))),
+                Err(e) => Box::new(std::iter::once(Err(e))),
             };
             stream::iter(it)
         })
@@ -326,8 +330,16 @@ impl SimpleQueryHandler for QueryHandler {
 /// loses its version byte, and everything else is already text.
 fn textual_parameters(
     portal: &Portal<WireStatement>,
+    effective: &[Type],
 ) -> PgWireResult<Option<Portal<WireStatement>>> {
     let stored = &portal.statement;
+    // The client's types where it declared them, else the ones the server described.
+    let declared: Vec<Option<Type>> = (0..portal.parameters.len().max(effective.len()))
+        .map(|i| match stored.parameter_types.get(i).cloned().flatten() {
+            Some(t) if t != Type::UNKNOWN => Some(t),
+            _ => effective.get(i).cloned(),
+        })
+        .collect();
     let texty = |t: &Type| {
         [
             Type::UUID,
@@ -339,14 +351,10 @@ fn textual_parameters(
         ]
         .contains(t)
     };
-    if !stored
-        .parameter_types
-        .iter()
-        .any(|t| t.as_ref().is_some_and(texty))
-    {
+    if !declared.iter().any(|t| t.as_ref().is_some_and(texty)) {
         return Ok(None);
     }
-    let mut types = stored.parameter_types.clone();
+    let mut types = declared;
     let mut values = portal.parameters.clone();
     let mut formats: Vec<i16> = (0..values.len())
         .map(|i| portal.parameter_format.format_for(i).value())
@@ -410,13 +418,13 @@ fn sql_type_of(t: &Type) -> Option<datafusion::sql::sqlparser::ast::DataType> {
         Type::DATE => S::Date,
         Type::TIMESTAMP => S::Timestamp(None, TimezoneInfo::None),
         Type::TIMESTAMPTZ => S::Timestamp(None, TimezoneInfo::WithTimeZone),
-        Type::TEXT
-        | Type::VARCHAR
-        | Type::BPCHAR
-        | Type::NAME
-        | Type::UUID
-        | Type::JSON
-        | Type::JSONB => S::Text,
+        // Declared as the client declared them, so results keep the type (`select $1` with
+        // a uuid parameter is a uuid).
+        Type::UUID => S::Uuid,
+        Type::JSON => S::JSON,
+        Type::JSONB => S::JSONB,
+        Type::VARCHAR => S::Varchar(None),
+        Type::TEXT | Type::BPCHAR | Type::NAME => S::Text,
         _ => return None,
     })
 }
@@ -432,6 +440,12 @@ pub struct TallyParser {
 pub struct WireStatement {
     prepared: Prepared,
     client_types: Vec<Option<Type>>,
+    /// The result schema with what PostgreSQL reports about each column
+    /// ([`crate::engine::columns`]), when the statement returns rows.
+    result_schema: Option<datafusion::arrow::datatypes::SchemaRef>,
+    /// Declared PostgreSQL types of parameters (`$1::uuid`, a value inserted into a `uuid`
+    /// column), by parameter number from 1.
+    declared_params: std::collections::HashMap<usize, String>,
 }
 
 impl WireStatement {
@@ -444,17 +458,37 @@ impl WireStatement {
             .map(|i| match self.client_types.get(i).cloned().flatten() {
                 Some(t) if t != Type::UNKNOWN => Ok(t),
                 _ => match inferred.get(i).cloned().flatten() {
-                    Some(t) => arrow_pg::datatypes::into_pg_type(&t),
+                    Some(
+                        DataType::Utf8
+                        | DataType::Utf8View
+                        | DataType::LargeUtf8
+                        | DataType::Decimal128(..),
+                    ) if self.declared_param(i + 1).is_some() => {
+                        Ok(self.declared_param(i + 1).unwrap_or(Type::TEXT))
+                    }
+                    Some(t) => crate::engine::columns::pg_type(
+                        &Arc::new(datafusion::arrow::datatypes::Field::new("", t, true)),
+                        false,
+                    )
+                    .map(|(t, _)| t),
                     None => Ok(Type::TEXT),
                 },
             })
             .collect()
     }
 
+    /// The declared PostgreSQL type of parameter `n` (from 1), if it has one.
+    fn declared_param(&self, n: usize) -> Option<Type> {
+        self.declared_params
+            .get(&n)
+            .and_then(|d| crate::engine::columns::declared_type(d))
+            .map(|(t, _)| t)
+    }
+
     fn fields(&self, format: Option<&Format>) -> PgWireResult<Option<Vec<FieldInfo>>> {
-        match self.prepared.result_schema() {
-            Some(schema) => Ok(Some(arrow_pg::datatypes::arrow_schema_to_pg_fields(
-                &schema,
+        match &self.result_schema {
+            Some(schema) => Ok(Some(super::encode::fields(
+                schema,
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             )?)),
@@ -483,9 +517,24 @@ impl QueryParser for TallyParser {
             .map(|t| t.as_ref().and_then(sql_type_of))
             .collect();
         let p = prepare(&session, sql, &declared).await.map_err(pg_error)?;
-        Ok(p.parsed.is_some().then(|| WireStatement {
+        if p.parsed.is_none() {
+            return Ok(None);
+        }
+        let result_schema = match (&p.plan, p.dml_tag) {
+            (Some(plan), None) => Some(crate::engine::columns::annotate(&session, plan).await),
+            _ => p.result_schema(),
+        };
+        let declared_params = p
+            .plan
+            .as_ref()
+            .or(p.param_plan.as_ref())
+            .map(|plan| crate::engine::columns::declared_parameters(&session, plan))
+            .unwrap_or_default();
+        Ok(Some(WireStatement {
             prepared: p,
             client_types: types.to_vec(),
+            result_schema,
+            declared_params,
         }))
     }
 
@@ -559,11 +608,7 @@ impl ExtendedQueryHandler for QueryHandler {
                     match schema {
                         Some(s) => (
                             None,
-                            Some(arrow_pg::datatypes::arrow_schema_to_pg_fields(
-                                &s,
-                                &Format::UnifiedText,
-                                None,
-                            )?),
+                            Some(super::encode::fields(&s, &Format::UnifiedText, None)?),
                         ),
                         None => return Err(PgWireError::PortalNotFound(name.to_owned())),
                     }
@@ -612,8 +657,20 @@ impl ExtendedQueryHandler for QueryHandler {
         let types = stmt.param_types()?;
         let inferred = prepared.param_types().map_err(pg_error)?;
         let refs: Vec<Option<&DataType>> = inferred.iter().map(|t| t.as_ref()).collect();
+        let rewritten = textual_parameters(portal, &types)?;
+        // Parameters handed over as text decode as text.
+        let types: Vec<Type> = match &rewritten {
+            Some(p) => types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match p.statement.parameter_types.get(i) {
+                    Some(Some(Type::TEXT)) => Type::TEXT,
+                    _ => t.clone(),
+                })
+                .collect(),
+            None => types,
+        };
         let server: Vec<Option<&Type>> = types.iter().map(Some).collect();
-        let rewritten = textual_parameters(portal)?;
         let params = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
             rewritten.as_ref().unwrap_or(portal),
             &refs,

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod encode;
 pub mod handler;
 pub mod types;
 

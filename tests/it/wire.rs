@@ -413,3 +413,126 @@ async fn result_column_names_follow_postgres() {
     let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
     assert_eq!(names, vec!["count", "max", "x", "?column?", "y"]);
 }
+
+/// RowDescription reports the types columns were declared with (Delta stores uuid, json,
+/// jsonb and varchar as strings), with PostgreSQL's type modifiers (`numeric(10,2)`,
+/// `varchar(20)`; none for a computed decimal), and for a column read straight from a table
+/// that table's `pg_class.oid` and the column's `attnum` (what JDBC's getTableName and
+/// isNullable follow). `$1::uuid` is described as uuid, and uuid and jsonb values decode
+/// in binary.
+#[tokio::test]
+async fn row_description_follows_declared_types() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute(
+        "CREATE TABLE dt (id bigint, u uuid, j json, jb jsonb, v varchar(20), amount numeric(10,2), plain numeric); \
+         INSERT INTO dt VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', '{\"b\": 2}', 'x', 1.5, 2)",
+    )
+    .await
+    .unwrap();
+    let st = c
+        .prepare(
+            "SELECT id, u, j, jb, v, amount, plain, amount + 1 AS computed, $1::uuid AS p FROM dt",
+        )
+        .await
+        .unwrap();
+    use tokio_postgres::types::Type;
+    assert_eq!(st.params(), &[Type::UUID]);
+    let types: Vec<&Type> = st.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        vec![
+            &Type::INT8,
+            &Type::UUID,
+            &Type::JSON,
+            &Type::JSONB,
+            &Type::VARCHAR,
+            &Type::NUMERIC,
+            &Type::NUMERIC,
+            &Type::NUMERIC,
+            &Type::UUID
+        ]
+    );
+    let typmods: Vec<i32> = st.columns().iter().map(|c| c.type_modifier()).collect();
+    assert_eq!(
+        typmods,
+        vec![-1, -1, -1, -1, 24, (10 << 16 | 2) + 4, -1, -1, -1]
+    );
+    let oid: u32 = c
+        .query_one(
+            "SELECT CAST(oid AS bigint) FROM pg_catalog.pg_class WHERE relname = 'dt'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0) as u32;
+    let origins: Vec<(Option<u32>, Option<i16>)> = st
+        .columns()
+        .iter()
+        .map(|c| (c.table_oid(), c.column_id()))
+        .collect();
+    let expected: Vec<(Option<u32>, Option<i16>)> = (1..=7)
+        .map(|n| (Some(oid), Some(n)))
+        .chain([(None, None), (None, None)])
+        .collect();
+    assert_eq!(origins, expected);
+
+    let u = uuid::Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
+    let row = c.query_one(&st, &[&u]).await.unwrap();
+    assert_eq!(row.get::<_, uuid::Uuid>(1), u);
+    assert_eq!(
+        row.get::<_, serde_json::Value>(3),
+        serde_json::json!({"b": 2})
+    );
+    assert_eq!(row.get::<_, uuid::Uuid>(8), u);
+    // INSERT parameters take the column's declared type.
+    let ins = c
+        .prepare("INSERT INTO dt (id, u) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    assert_eq!(ins.params(), &[Type::INT8, Type::UUID]);
+    c.execute(&ins, &[&2i64, &u]).await.unwrap();
+}
+
+/// Text results print as PostgreSQL's: floats in shortest round-trip form without a `.0`
+/// (`-2`, `1e+20`, `Infinity`), timestamps without a zero fraction and timestamptz with its
+/// `+00`; casts to text agree.
+#[tokio::test]
+async fn text_output_follows_postgres() {
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let rows = c
+        .simple_query(
+            "SELECT CAST(-2 AS double precision) AS a, CAST(1e20 AS double precision) AS b, \
+             CAST('inf' AS double precision) AS c, CAST(0.1 AS real) AS d, \
+             TIMESTAMP '2024-02-29 13:45:01' AS e, TIMESTAMP '2024-01-02 03:04:05.5' AS f, \
+             CAST(TIMESTAMP '2024-01-02 03:04:05' AS timestamptz) AS g, \
+             CAST(CAST(-2 AS double precision) AS text) AS h, CAST(CAST(1.5 AS real) AS text) AS i",
+        )
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    let values: Vec<&str> = (0..row.len())
+        .map(|i| row.get(i).unwrap_or("NULL"))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            "-2",
+            "1e+20",
+            "Infinity",
+            "0.1",
+            "2024-02-29 13:45:01",
+            "2024-01-02 03:04:05.5",
+            "2024-01-02 03:04:05+00",
+            "-2",
+            "1.5"
+        ]
+    );
+}
