@@ -56,13 +56,17 @@ class Sink:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                doc = json.loads(body)
+                # Row bodies are counted without parsing them (the rows are flat objects,
+                # one '{' each besides the body's own), so a 10M-row first run is not held
+                # back by the driver; removal bodies are small and parsed.
+                if b'"op":"delete"' in body:
+                    removed, rows = len(json.loads(body).get("keys", [])), 0
+                else:
+                    removed, rows = 0, body.count(b"{") - 1
                 with sink.lock:
                     sink.requests += 1
-                    if doc.get("op") == "delete":
-                        sink.removed += len(doc.get("keys", []))
-                    else:
-                        sink.rows += len(doc.get("rows", []))
+                    sink.removed += removed
+                    sink.rows += rows
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
