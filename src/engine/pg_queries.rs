@@ -295,7 +295,7 @@ mod tests {
         rewrite(stmt);
         assert_eq!(
             stmt.to_string(),
-            "SELECT (SELECT array_agg(b.rolname) FROM m AS b WHERE b.x = r.oid) AS memberof FROM r"
+            "SELECT (SELECT array_agg(b.rolname) FROM m b WHERE b.x = r.oid) AS memberof FROM r"
         );
     }
 }
