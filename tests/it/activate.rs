@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::common::{TestServer, code, num, rows, unique};
+use crate::common::{TestServer, code, local_postgres, num, rows, unique};
 
 #[tokio::test]
 async fn destinations_are_catalog_objects_with_hidden_secrets() {
@@ -696,19 +696,6 @@ async fn hubspot_batch_upsert_follows_the_contract_through_throttling() {
         .expect_err("401");
     assert_eq!(code(&err), "28000");
     assert!(!format!("{err:?}").contains("pat-na1-wrong"));
-}
-
-async fn local_postgres() -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("local PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 #[tokio::test]

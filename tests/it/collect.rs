@@ -3,13 +3,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::common::{TestServer, code, connect};
+use crate::common::{TestServer, code, connect, free_port, spawn_tally};
 
 /// A server with a source `web`; returns the server, a client and the write key.
 async fn with_source(flush_ms: u64) -> (TestServer, Client, String) {
@@ -502,33 +501,6 @@ async fn unflushed_events_survive_a_restart() {
         wait_count(&c, "SELECT count(*) FROM web.tracks", 50).await,
         50
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn spawn_tally(data: &std::path::Path, pg: u16, http: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "serve",
-            "--data",
-            &data.to_string_lossy(),
-            "--pg-listen",
-            &format!("127.0.0.1:{pg}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .env("TALLY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn tally")
 }
 
 async fn wait_http(http: u16) {

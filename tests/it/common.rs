@@ -166,3 +166,18 @@ pub async fn wait_up(pg: u16, http: u16) -> Client {
     }
     panic!("tally did not come up");
 }
+
+/// A client of the real PostgreSQL of this machine (127.0.0.1:5432, user postgres,
+/// database test), used as a source or destination.
+pub async fn local_postgres() -> Client {
+    let (client, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("local PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}

@@ -13,9 +13,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio_postgres::Client;
 
-use crate::common::{TestServer, code, num, rows, unique};
+use crate::common::{TestServer, code, local_postgres, num, rows, unique};
 
 const TOKEN: &str = "pull-s3cret-token-1234";
 const RECORDS: u64 = 25;
@@ -341,19 +340,6 @@ async fn read_json_api_errors_are_clear_and_keep_secrets() {
         .await
         .expect_err("unknown option");
     assert_eq!(code(&err), "22023");
-}
-
-async fn local_postgres() -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("local PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,20 +16,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::common::{TestServer, code, num, rows, unique};
-
-async fn local_postgres() -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        "host=127.0.0.1 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("local PostgreSQL on 127.0.0.1:5432 (user postgres, database test)");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
+use crate::common::{TestServer, code, local_postgres, num, rows, unique};
 
 async fn pg_count(pg: &Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.expect(sql).get(0)
