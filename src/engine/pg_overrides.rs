@@ -17,6 +17,10 @@
 //!   taken from tally's declarations (`tally_column_types`) where it has them.
 //! - `pg_views.definition` (and so `pg_get_viewdef`, which SQLAlchemy's
 //!   `get_view_definition` calls): the view's query as stored (`tally_view_definitions`).
+//! - `pg_class`: datafusion-pg-catalog's lacks `relacl` and `reloptions`, which
+//!   SQLAlchemy's index reflection selects (`pg_class.reloptions` of each index); both are
+//!   NULL, as in PostgreSQL for a relation without grants or storage options, in
+//!   PostgreSQL's column order.
 //! - `pg_index`: empty (tally has no indexes), but its `int2vector`/`oidvector` columns
 //!   (`indkey`, `indclass`, `indcollation`, `indoption`) are arrays, so that catalog queries
 //!   that `unnest` them (SQLAlchemy's primary key and index reflection) plan.
@@ -50,6 +54,16 @@ const PG_VIEWS: &str = "SELECT n.nspname AS schemaname, c.relname AS viewname, \
        ON d.nspname = n.nspname AND d.relname = c.relname \
      WHERE c.relkind = 'v'";
 
+/// datafusion-pg-catalog's `pg_class` with the columns it lacks, in PostgreSQL's order.
+const PG_CLASS: &str = "SELECT c.oid, c.relname, c.relnamespace, c.reltype, c.reloftype, \
+     c.relowner, c.relam, c.relfilenode, c.reltablespace, c.relpages, c.reltuples, \
+     c.relallvisible, c.reltoastrelid, c.relhasindex, c.relisshared, c.relpersistence, \
+     c.relkind, c.relnatts, c.relchecks, c.relhasrules, c.relhastriggers, c.relhassubclass, \
+     c.relrowsecurity, c.relforcerowsecurity, c.relispopulated, c.relreplident, \
+     c.relispartition, c.relrewrite, c.relfrozenxid, c.relminmxid, \
+     CAST(NULL AS text[]) AS relacl, CAST(NULL AS text[]) AS reloptions, c.relpartbound \
+     FROM pg_catalog.tally_base_class c";
+
 /// Built-in descriptions plus the users' comments; `classoid` 1259 is `pg_class`, and
 /// `objsubid` is 0 for the relation itself, else the column's number.
 const PG_DESCRIPTION: &str = "SELECT objoid, classoid, objsubid, description \
@@ -80,7 +94,8 @@ const PG_ATTRIBUTE: &str = "SELECT a.attrelid, a.attname, \
                 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = ct.relname) t \
        ON t.relid = a.attrelid AND t.attname = a.attname";
 
-/// Replaces `pg_tables`, `pg_views` and `pg_description` in the context's `pg_catalog`;
+/// Replaces `pg_tables`, `pg_views`, `pg_description`, `pg_attribute`, `pg_class` and
+/// `pg_index` in the context's `pg_catalog`;
 /// call after datafusion-pg-catalog's setup.
 pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<()> {
     let catalog = ctx
@@ -97,10 +112,15 @@ pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<(
         .table("pg_attribute")
         .await?
         .ok_or_else(|| TallyError::Internal("pg_attribute missing".into()))?;
+    let base_class = inner
+        .table("pg_class")
+        .await?
+        .ok_or_else(|| TallyError::Internal("pg_class missing".into()))?;
     // Helpers the views read, resolvable by name but not listed.
     let mut overrides: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
     overrides.insert("tally_builtin_description".into(), builtin);
     overrides.insert("tally_base_attribute".into(), base_attribute);
+    overrides.insert("tally_base_class".into(), base_class);
     if let Some(index) = inner.table("pg_index").await? {
         overrides.insert("pg_index".into(), empty_index_table(&index.schema())?);
     }
@@ -130,6 +150,7 @@ pub async fn install(ctx: &SessionContext, store: Arc<CatalogStore>) -> Result<(
         ("pg_views", PG_VIEWS),
         ("pg_description", PG_DESCRIPTION),
         ("pg_attribute", PG_ATTRIBUTE),
+        ("pg_class", PG_CLASS),
     ] {
         let plan = ctx.state().create_logical_plan(sql).await?;
         overrides.insert(

@@ -11,8 +11,4 @@ KNOWN_GAPS: dict[str, str] = {
     "test_asyncpg.py::test_array_parameter_with_any": "asyncpg's array type introspection still recurses on tally (see test_array_parameters)",
     "test_asyncpg.py::test_array_columns": "asyncpg's array type introspection still recurses on tally (see test_array_parameters)",
     "test_psycopg.py::test_params_roundtrip_text_and_binary": "an array parameter declared int2[]/int8[] is left untyped, so `select %s` returns it as text",
-    "test_sqlalchemy.py::test_inspect_constraints_and_indexes": "index reflection reads pg_class.reloptions, which datafusion-pg-catalog's pg_class lacks",
-    "test_sqlalchemy.py::test_metadata_reflect": "index reflection reads pg_class.reloptions, which datafusion-pg-catalog's pg_class lacks",
-    "test_sqlalchemy.py::test_pandas_read_sql_table": "index reflection reads pg_class.reloptions, which datafusion-pg-catalog's pg_class lacks",
-    "test_sqlalchemy.py::test_pandas_to_sql_replace_roundtrip": "index reflection reads pg_class.reloptions, which datafusion-pg-catalog's pg_class lacks",
 }
