@@ -319,7 +319,9 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
         &self,
         sql_type: &datafusion::sql::sqlparser::ast::DataType,
     ) -> DFResult<Option<datafusion::arrow::datatypes::FieldRef>> {
-        use datafusion::sql::sqlparser::ast::{CharacterLength, DataType as S, ExactNumberInfo};
+        use datafusion::sql::sqlparser::ast::{
+            ArrayElemTypeDef, CharacterLength, DataType as S, ExactNumberInfo,
+        };
         let text =
             |pg: Option<&str>| Ok(Some(declared_field(DataType::Utf8, pg.map(str::to_string))));
         let with_length = |base: &str, len: &Option<CharacterLength>| match len {
@@ -358,6 +360,24 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
                 }
                 return Ok(Some(declared_field(DataType::Decimal128(p, s), Some(pg))));
             }
+            S::Array(
+                ArrayElemTypeDef::SquareBracket(inner, None)
+                | ArrayElemTypeDef::AngleBracket(inner),
+            ) if is_oid_type(inner) => {
+                // `oid[]`: the element carries the oid marker inside the list type itself, so
+                // the column and the parameter are reported as `oid[]` (asyncpg has a codec
+                // for it but none for `int4[]`, and casts its introspection parameter so).
+                let item = datafusion::arrow::datatypes::Field::new("item", DataType::Int32, true)
+                    .with_metadata(
+                        [(
+                            arrow_pg::datatypes::PG_OID_ALIAS_KEY.to_string(),
+                            "oid".to_string(),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    );
+                return Ok(Some(declared_field(DataType::List(Arc::new(item)), None)));
+            }
             S::Custom(name, _) => {
                 let n = name.to_string().to_ascii_lowercase();
                 match n.trim_matches('"') {
@@ -382,6 +402,29 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
             Some(p) => p.plan_type_field(sql_type),
             None => Ok(None),
         }
+    }
+}
+
+/// Whether a SQL type is `oid` (or `pg_catalog.oid`).
+fn is_oid_type(t: &datafusion::sql::sqlparser::ast::DataType) -> bool {
+    use datafusion::sql::sqlparser::ast::{DataType as S, ObjectNamePart};
+    match t {
+        S::Custom(name, args) if args.is_empty() => {
+            let parts: Vec<&str> = name
+                .0
+                .iter()
+                .filter_map(|p| match p {
+                    ObjectNamePart::Identifier(i) => Some(i.value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            match parts.as_slice() {
+                [t] => t.eq_ignore_ascii_case("oid"),
+                [s, t] => s.eq_ignore_ascii_case("pg_catalog") && t.eq_ignore_ascii_case("oid"),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 

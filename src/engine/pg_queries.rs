@@ -6,9 +6,11 @@
 //!   type); tally has no indexes (`pg_index` is empty), so the answer is PostgreSQL's for a
 //!   table without a primary key: no rows, with the columns pgjdbc reads.
 //!   asyncpg's type introspection (run for any type it has no built-in codec for, such as
-//!   `bigint[]`) walks element, base, range and attribute types with two recursive CTEs and
-//!   correlated subqueries; tally has no domains, ranges or composite types, so the same
-//!   answer is the requested types and their element types, one level deep.
+//!   `bigint[]`) walks element, base, range and attribute types with a recursive CTE whose
+//!   per-type facts come from correlated subqueries (one a recursive CTE of its own); the
+//!   substitute walks the same tree with joins. Its parameter and columns must be of types
+//!   asyncpg has built-in codecs for (`oid[]`, `"char"`), or asyncpg would introspect the
+//!   introspection query's own types, endlessly.
 //! - [`rewrite`]: constructs rewritten in place. `ARRAY(subquery)` (psql's `\du` lists each
 //!   role's memberships with it) becomes `(SELECT array_agg(...) ...)`, a scalar subquery
 //!   DataFusion decorrelates. `generate_subscripts(a, 1)` (SQLAlchemy numbers index keys
@@ -38,29 +40,48 @@ const NO_PRIMARY_OR_UNIQUE_KEYS: &str = "SELECT CAST(NULL AS text) AS table_cat,
      CAST(NULL AS text) AS column_name, CAST(NULL AS smallint) AS key_seq, \
      CAST(NULL AS text) AS pk_name, CAST(NULL AS boolean) AS is_not_null WHERE false";
 
-/// asyncpg's `INTRO_LOOKUP_TYPES` for a catalog without domains, ranges or composites.
-const ASYNCPG_TYPES: &str = "SELECT * FROM ( \
-     SELECT t.oid AS oid, ns.nspname AS ns, t.typname AS name, CAST(t.typtype AS \"char\") AS kind, \
-       CAST(NULL AS oid) AS basetype, t.typelem AS elemtype, CAST(elem_t.typdelim AS \"char\") AS elemdelim, \
-       CAST(NULL AS oid) AS range_subtype, CAST(NULL AS oid[]) AS attrtypoids, \
-       CAST(NULL AS text[]) AS attrnames, 0 AS depth, CAST(NULL AS text) AS basetype_name, \
-       CAST(elem_t.typname AS text) AS elemtype_name, CAST(NULL AS text) AS range_subtype_name \
-     FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace ns ON ns.oid = t.typnamespace \
-     LEFT JOIN pg_catalog.pg_type elem_t \
-       ON t.typlen = -1 AND t.typelem != 0 AND t.typelem = elem_t.oid \
-     WHERE t.oid = ANY($1::oid[]) \
+/// asyncpg's `INTRO_LOOKUP_TYPES`: the same recursive walk from the requested types to their
+/// element, range and base types, with what it reads per type (`_TYPEINFO`) computed by
+/// joins instead of correlated subqueries. tally has no composite types, so `attrtypoids`
+/// and `attrnames` are NULL. `regtype::text` is `format_type`, or the type's name where
+/// datafusion-pg-catalog's `format_type` does not know it (it prints `oid(n)`). The
+/// `"char"` casts come after the DISTINCT: DataFusion's aggregate rejects an input whose
+/// logical and physical nullability differ, as they do for a cast to a type with metadata.
+const ASYNCPG_TYPES: &str = "WITH RECURSIVE ti AS ( \
+     SELECT t.oid AS oid, ns.nspname AS ns, t.typname AS name, t.typtype AS kind, \
+     bt.oid AS basetype, t.typelem AS elemtype, elem_t.typdelim AS elemdelim, \
+     range_t.rngsubtype AS range_subtype, \
+     CAST(NULL AS oid[]) AS attrtypoids, CAST(NULL AS text[]) AS attrnames \
+     FROM pg_catalog.pg_type t \
+     JOIN pg_catalog.pg_namespace ns ON ns.oid = t.typnamespace \
+     LEFT JOIN pg_catalog.pg_type elem_t ON t.typlen = -1 AND t.typelem != 0 AND t.typelem = elem_t.oid \
+     LEFT JOIN pg_catalog.pg_range range_t ON t.oid = range_t.rngtypid OR t.oid = range_t.rngmultitypid \
+     LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+     ), \
+     typeinfo_tree AS ( \
+     SELECT ti.*, CAST(0 AS int) AS depth FROM ti WHERE ti.oid = any($1::oid[]) \
      UNION ALL \
-     SELECT e.oid AS oid, ns.nspname AS ns, e.typname AS name, CAST(e.typtype AS \"char\") AS kind, \
-       CAST(NULL AS oid) AS basetype, e.typelem AS elemtype, CAST(ee.typdelim AS \"char\") AS elemdelim, \
-       CAST(NULL AS oid) AS range_subtype, CAST(NULL AS oid[]) AS attrtypoids, \
-       CAST(NULL AS text[]) AS attrnames, 1 AS depth, CAST(NULL AS text) AS basetype_name, \
-       CAST(ee.typname AS text) AS elemtype_name, CAST(NULL AS text) AS range_subtype_name \
-     FROM pg_catalog.pg_type t JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
-     JOIN pg_catalog.pg_namespace ns ON ns.oid = e.typnamespace \
-     LEFT JOIN pg_catalog.pg_type ee \
-       ON e.typlen = -1 AND e.typelem != 0 AND e.typelem = ee.oid \
-     WHERE t.oid = ANY($1::oid[]) AND t.typelem != 0 \
-   ) AS ti ORDER BY depth DESC";
+     SELECT ti.*, CAST(tt.depth + 1 AS int) AS depth \
+     FROM ti, typeinfo_tree tt \
+     WHERE (tt.elemtype IS NOT NULL AND ti.oid = tt.elemtype) \
+     OR (tt.range_subtype IS NOT NULL AND ti.oid = tt.range_subtype) \
+     OR (tt.basetype IS NOT NULL AND ti.oid = tt.basetype) \
+     ), \
+     regtype AS ( \
+     SELECT oid, CASE WHEN format_type(oid, NULL) LIKE 'oid(%' THEN typname \
+     ELSE format_type(oid, NULL) END AS name \
+     FROM pg_catalog.pg_type \
+     ) \
+     SELECT tree.oid, tree.ns, tree.name, CAST(tree.kind AS \"char\") AS kind, tree.basetype, \
+     tree.elemtype, CAST(tree.elemdelim AS \"char\") AS elemdelim, tree.range_subtype, \
+     tree.attrtypoids, tree.attrnames, tree.depth, b.name AS basetype_name, \
+     CASE WHEN tree.elemtype = 0 THEN '-' ELSE e.name END AS elemtype_name, \
+     r.name AS range_subtype_name \
+     FROM (SELECT DISTINCT * FROM typeinfo_tree) AS tree \
+     LEFT JOIN regtype b ON b.oid = tree.basetype \
+     LEFT JOIN regtype e ON e.oid = tree.elemtype \
+     LEFT JOIN regtype r ON r.oid = tree.range_subtype \
+     ORDER BY tree.depth DESC";
 
 /// Text to replace in a query before parsing: pgjdbc's type lookup compares `pg_type.typinput`
 /// with `'pg_catalog.array_in'::regproc`; datafusion-pg-catalog keeps `typinput` as the

@@ -325,10 +325,25 @@ impl SimpleQueryHandler for QueryHandler {
     }
 }
 
-/// Parameters of types tally stores as text (uuid, json, jsonb, varchar, char, name) are
-/// handed to the decoder as text: binary uuids become their canonical string, binary jsonb
-/// loses its version byte, and everything else is already text.
-fn textual_parameters(
+/// The type a parameter declared (or described) as `t` is decoded as, when arrow-pg has no
+/// decoder for `t` itself: types tally stores as text (uuid, json, jsonb, varchar, char,
+/// name) decode as text, and `oid[]` as `int4[]` (tally keeps oids as int4; asyncpg's type
+/// introspection binds one): the binary form of an array carries the element type in its
+/// header only, which the decoder ignores.
+fn decoded_as(t: &Type) -> Option<Type> {
+    match *t {
+        Type::UUID | Type::JSON | Type::JSONB | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+            Some(Type::TEXT)
+        }
+        Type::OID_ARRAY => Some(Type::INT4_ARRAY),
+        _ => None,
+    }
+}
+
+/// The portal with its parameters retyped as [`decoded_as`] says, when any needs it: binary
+/// uuids become their canonical string, binary jsonb loses its version byte, and everything
+/// else keeps its bytes.
+fn retyped_parameters(
     portal: &Portal<WireStatement>,
     effective: &[Type],
 ) -> PgWireResult<Option<Portal<WireStatement>>> {
@@ -340,18 +355,10 @@ fn textual_parameters(
             _ => effective.get(i).cloned(),
         })
         .collect();
-    let texty = |t: &Type| {
-        [
-            Type::UUID,
-            Type::JSON,
-            Type::JSONB,
-            Type::VARCHAR,
-            Type::BPCHAR,
-            Type::NAME,
-        ]
-        .contains(t)
-    };
-    if !declared.iter().any(|t| t.as_ref().is_some_and(texty)) {
+    if !declared
+        .iter()
+        .any(|t| t.as_ref().and_then(decoded_as).is_some())
+    {
         return Ok(None);
     }
     let mut types = declared;
@@ -361,10 +368,11 @@ fn textual_parameters(
         .collect();
     for (i, t) in types.iter_mut().enumerate() {
         let Some(ty) = t.clone() else { continue };
-        if !texty(&ty) {
+        let Some(target) = decoded_as(&ty) else {
             continue;
-        }
-        if formats.get(i) == Some(&1)
+        };
+        if target == Type::TEXT
+            && formats.get(i) == Some(&1)
             && let Some(Some(raw)) = values.get(i).cloned()
         {
             let text = if ty == Type::UUID && raw.len() == 16 {
@@ -382,7 +390,7 @@ fn textual_parameters(
             values[i] = Some(bytes::Bytes::from(text));
             formats[i] = 0;
         }
-        *t = Some(Type::TEXT);
+        *t = Some(target);
     }
     let statement = Arc::new(pgwire::api::stmt::StoredStatement::new(
         stored.id.clone(),
@@ -657,14 +665,13 @@ impl ExtendedQueryHandler for QueryHandler {
         let types = stmt.param_types()?;
         let inferred = prepared.param_types().map_err(pg_error)?;
         let refs: Vec<Option<&DataType>> = inferred.iter().map(|t| t.as_ref()).collect();
-        let rewritten = textual_parameters(portal, &types)?;
-        // Parameters handed over as text decode as text.
+        let rewritten = retyped_parameters(portal, &types)?;
         let types: Vec<Type> = match &rewritten {
             Some(p) => types
                 .iter()
                 .enumerate()
                 .map(|(i, t)| match p.statement.parameter_types.get(i) {
-                    Some(Some(Type::TEXT)) => Type::TEXT,
+                    Some(Some(r)) if decoded_as(t).as_ref() == Some(r) => r.clone(),
                     _ => t.clone(),
                 })
                 .collect(),

@@ -7,8 +7,5 @@ the suite fails as soon as a gap closes (XPASS), so this list can only shrink. K
 """
 
 KNOWN_GAPS: dict[str, str] = {
-    "test_asyncpg.py::test_array_parameters": "asyncpg's array type introspection still recurses on tally (its introspection query is answered, but its parameter or result types send asyncpg back into introspection)",
-    "test_asyncpg.py::test_array_parameter_with_any": "asyncpg's array type introspection still recurses on tally (see test_array_parameters)",
-    "test_asyncpg.py::test_array_columns": "asyncpg's array type introspection still recurses on tally (see test_array_parameters)",
     "test_psycopg.py::test_params_roundtrip_text_and_binary": "an array parameter declared int2[]/int8[] is left untyped, so `select %s` returns it as text",
 }

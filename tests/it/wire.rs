@@ -536,3 +536,89 @@ async fn text_output_follows_postgres() {
         ]
     );
 }
+
+/// asyncpg's type introspection query (`INTRO_LOOKUP_TYPES` of asyncpg 0.32, verbatim in
+/// `fixtures/`), which it runs for each type it has no codec for (`bigint[]`): its parameter
+/// and every column are of types asyncpg decodes without introspection (`oid[]`, not
+/// `int4[]`, else it recurses), and it answers with the types and, one level deeper each,
+/// their element and range subtypes, as PostgreSQL does.
+#[tokio::test]
+async fn asyncpg_type_introspection() {
+    use tokio_postgres::types::Type;
+    let s = TestServer::start().await;
+    let c = s.client().await;
+    let st = c
+        .prepare(include_str!("fixtures/asyncpg_intro_lookup_types.sql"))
+        .await
+        .unwrap();
+    assert_eq!(st.params(), &[Type::OID_ARRAY]);
+    let columns: Vec<(&str, &Type)> = st.columns().iter().map(|c| (c.name(), c.type_())).collect();
+    assert_eq!(
+        columns,
+        vec![
+            ("oid", &Type::OID),
+            ("ns", &Type::TEXT),
+            ("name", &Type::TEXT),
+            ("kind", &Type::CHAR),
+            ("basetype", &Type::OID),
+            ("elemtype", &Type::OID),
+            ("elemdelim", &Type::CHAR),
+            ("range_subtype", &Type::OID),
+            ("attrtypoids", &Type::OID_ARRAY),
+            ("attrnames", &Type::TEXT_ARRAY),
+            ("depth", &Type::INT4),
+            ("basetype_name", &Type::TEXT),
+            ("elemtype_name", &Type::TEXT),
+            ("range_subtype_name", &Type::TEXT),
+        ]
+    );
+    // bigint[] and int4range[]: the array, its element, and the range's subtype.
+    let rows = c.query(&st, &[&vec![1016u32, 3905]]).await.unwrap();
+    type Info = (i32, u32, String, i8, u32, Option<i8>, Option<u32>, String);
+    let mut got: Vec<Info> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("depth"),
+                r.get("oid"),
+                r.get("name"),
+                r.get("kind"),
+                r.get("elemtype"),
+                r.get("elemdelim"),
+                r.get("range_subtype"),
+                r.get("elemtype_name"),
+            )
+        })
+        .collect();
+    assert!(got.windows(2).all(|w| w[0].0 >= w[1].0), "deepest first");
+    got.sort();
+    let (b, r, comma) = (b'b' as i8, b'r' as i8, Some(b',' as i8));
+    assert_eq!(
+        got,
+        vec![
+            (0, 1016, "_int8".into(), b, 20, comma, None, "bigint".into()),
+            (
+                0,
+                3905,
+                "_int4range".into(),
+                b,
+                3904,
+                comma,
+                None,
+                "int4range".into()
+            ),
+            (1, 20, "int8".into(), b, 0, None, None, "-".into()),
+            (
+                1,
+                3904,
+                "int4range".into(),
+                r,
+                0,
+                None,
+                Some(23),
+                "-".into()
+            ),
+            (2, 23, "int4".into(), b, 0, None, None, "-".into()),
+        ]
+    );
+}
