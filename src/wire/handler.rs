@@ -327,15 +327,16 @@ impl SimpleQueryHandler for QueryHandler {
 
 /// The type a parameter declared (or described) as `t` is decoded as, when arrow-pg has no
 /// decoder for `t` itself: types tally stores as text (uuid, json, jsonb, varchar, char,
-/// name) decode as text, and `oid[]` as `int4[]` (tally keeps oids as int4; asyncpg's type
-/// introspection binds one): the binary form of an array carries the element type in its
-/// header only, which the decoder ignores.
+/// name) decode as text, `oid[]` as `int4[]` (tally keeps oids as int4; asyncpg's type
+/// introspection binds one), and arrays of `char` and `name` as `text[]`. The binary forms
+/// of these arrays carry the element type in their header only, which the decoder ignores.
 fn decoded_as(t: &Type) -> Option<Type> {
     match *t {
         Type::UUID | Type::JSON | Type::JSONB | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             Some(Type::TEXT)
         }
         Type::OID_ARRAY => Some(Type::INT4_ARRAY),
+        Type::BPCHAR_ARRAY | Type::NAME_ARRAY => Some(Type::TEXT_ARRAY),
         _ => None,
     }
 }
@@ -412,9 +413,43 @@ fn retyped_parameters(
     Portal::try_new(&bind, statement).map(Some)
 }
 
-/// The SQL type a declared parameter type casts to (None: leave the parameter untyped).
+/// The SQL type a declared parameter type casts to (None: leave the parameter untyped). An
+/// array parameter is an array of its element's type (`int2[]` is `List(Int16)`), for the
+/// arrays arrow-pg or [`decoded_as`] decode; `select $1` with an `int8[]` parameter returns an
+/// `int8[]`, as in PostgreSQL.
 fn sql_type_of(t: &Type) -> Option<datafusion::sql::sqlparser::ast::DataType> {
-    use datafusion::sql::sqlparser::ast::{DataType as S, ExactNumberInfo, TimezoneInfo};
+    use datafusion::sql::sqlparser::ast::{
+        ArrayElemTypeDef, DataType as S, ExactNumberInfo, TimezoneInfo,
+    };
+    let element = match *t {
+        Type::BOOL_ARRAY => Some(Type::BOOL),
+        Type::INT2_ARRAY => Some(Type::INT2),
+        Type::INT4_ARRAY => Some(Type::INT4),
+        Type::INT8_ARRAY => Some(Type::INT8),
+        Type::FLOAT4_ARRAY => Some(Type::FLOAT4),
+        Type::FLOAT8_ARRAY => Some(Type::FLOAT8),
+        Type::NUMERIC_ARRAY => Some(Type::NUMERIC),
+        Type::TEXT_ARRAY | Type::BPCHAR_ARRAY | Type::NAME_ARRAY => Some(Type::TEXT),
+        Type::VARCHAR_ARRAY => Some(Type::VARCHAR),
+        _ => None,
+    };
+    if let Some(element) = element {
+        return Some(S::Array(ArrayElemTypeDef::SquareBracket(
+            Box::new(sql_type_of(&element)?),
+            None,
+        )));
+    }
+    if *t == Type::OID_ARRAY {
+        return Some(S::Array(ArrayElemTypeDef::SquareBracket(
+            Box::new(S::Custom(
+                datafusion::sql::sqlparser::ast::ObjectName::from(vec![
+                    datafusion::sql::sqlparser::ast::Ident::new("oid"),
+                ]),
+                vec![],
+            )),
+            None,
+        )));
+    }
     Some(match *t {
         Type::INT2 => S::SmallInt(None),
         Type::INT4 => S::Integer(None),

@@ -6,6 +6,4 @@ the suite fails as soon as a gap closes (XPASS), so this list can only shrink. K
 ``<file>::<test>`` under ``tests/clients``.
 """
 
-KNOWN_GAPS: dict[str, str] = {
-    "test_psycopg.py::test_params_roundtrip_text_and_binary": "an array parameter declared int2[]/int8[] is left untyped, so `select %s` returns it as text",
-}
+KNOWN_GAPS: dict[str, str] = {}

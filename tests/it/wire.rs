@@ -537,6 +537,67 @@ async fn text_output_follows_postgres() {
     );
 }
 
+/// Array parameters take the array type the client declared (`int2[]` is a list of int2,
+/// not text), or the one a cast gives (`$1::bigint[]`), and round-trip in binary with NULL
+/// elements, empty arrays and text that needs quoting. `$1::oid[]` is `oid[]`.
+#[tokio::test]
+async fn array_parameters_keep_their_types() {
+    use tokio_postgres::types::Type;
+    let s = TestServer::start().await;
+    let c = s.client().await;
+
+    let st = c
+        .prepare_typed("SELECT $1", &[Type::INT2_ARRAY])
+        .await
+        .unwrap();
+    assert_eq!(st.columns()[0].type_(), &Type::INT2_ARRAY);
+    let row = c.query_one(&st, &[&vec![1i16, 2, 3]]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<i16>>(0), vec![1, 2, 3]);
+
+    let st = c.prepare("SELECT $1::bigint[]").await.unwrap();
+    assert_eq!(st.params(), &[Type::INT8_ARRAY]);
+    assert_eq!(st.columns()[0].type_(), &Type::INT8_ARRAY);
+    let values = vec![Some(1i64), None, Some(3_000_000_000)];
+    let row = c.query_one(&st, &[&values]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<Option<i64>>>(0), values);
+    let row = c.query_one(&st, &[&Vec::<i64>::new()]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), Vec::<i64>::new());
+
+    let st = c
+        .prepare_typed("SELECT $1", &[Type::TEXT_ARRAY])
+        .await
+        .unwrap();
+    assert_eq!(st.columns()[0].type_(), &Type::TEXT_ARRAY);
+    let texts = vec![
+        Some("a".to_string()),
+        Some("b,c".to_string()),
+        Some("q\"uote".to_string()),
+        Some(String::new()),
+        None,
+        Some("{brace}".to_string()),
+    ];
+    let row = c.query_one(&st, &[&texts]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<Option<String>>>(0), texts);
+
+    let st = c
+        .prepare_typed("SELECT $1", &[Type::FLOAT8_ARRAY])
+        .await
+        .unwrap();
+    let row = c.query_one(&st, &[&vec![1.5f64, -2.0]]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<f64>>(0), vec![1.5, -2.0]);
+
+    let st = c
+        .prepare("SELECT $1::oid[] AS o, CAST(NULL AS oid[]) AS n")
+        .await
+        .unwrap();
+    assert_eq!(st.params(), &[Type::OID_ARRAY]);
+    let types: Vec<&Type> = st.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(types, vec![&Type::OID_ARRAY, &Type::OID_ARRAY]);
+    let row = c.query_one(&st, &[&vec![20u32, 1016]]).await.unwrap();
+    assert_eq!(row.get::<_, Vec<u32>>(0), vec![20, 1016]);
+    assert_eq!(row.get::<_, Option<Vec<u32>>>(1), None);
+}
+
 /// asyncpg's type introspection query (`INTRO_LOOKUP_TYPES` of asyncpg 0.32, verbatim in
 /// `fixtures/`), which it runs for each type it has no codec for (`bigint[]`): its parameter
 /// and every column are of types asyncpg decodes without introspection (`oid[]`, not
