@@ -42,7 +42,8 @@ impl TimestampText {
     }
 }
 
-fn format_micros(micros: i64, with_zone: bool, out: &mut String) {
+/// Writes a timestamp given in microseconds since 1970 as PostgreSQL's text output does.
+pub(crate) fn format_micros(micros: i64, with_zone: bool, out: &mut String) {
     use std::fmt::Write;
     let Some(dt) = chrono::DateTime::from_timestamp_micros(micros) else {
         return;
@@ -116,96 +117,40 @@ pub fn timestamp_text(array: &ArrayRef) -> DFResult<ArrayRef> {
     Ok(Arc::new(b.finish()))
 }
 
-/// Floats as PostgreSQL's text output writes them ([`format_float`]); other arrays are
-/// returned cast to text.
+/// Floats as PostgreSQL's text output writes them ([`crate::wire::values::put_float8`]);
+/// other arrays are returned cast to text.
 pub fn float_text(col: &ArrayRef) -> ArrayRef {
+    use crate::wire::values::{put_float4, put_float8};
     let mut b = StringBuilder::with_capacity(col.len(), col.len() * 8);
-    let mut s = String::with_capacity(32);
-    let mut push = |v: Option<f64>, sci: &dyn Fn() -> String, fixed_below: i32| match v {
-        Some(v) => {
-            s.clear();
-            format_float(v, sci(), fixed_below, &mut s);
-            b.append_value(&s);
-        }
-        None => b.append_null(),
-    };
+    let mut s = bytes::BytesMut::with_capacity(32);
     match col.data_type() {
         DataType::Float32 => {
             for v in col.as_primitive::<Float32Type>() {
-                push(
-                    v.map(f64::from),
-                    &|| format!("{:e}", v.unwrap_or(0.0).abs()),
-                    6,
-                );
+                match v {
+                    Some(v) => {
+                        s.clear();
+                        put_float4(&mut s, v);
+                        b.append_value(std::str::from_utf8(&s).unwrap_or(""));
+                    }
+                    None => b.append_null(),
+                }
             }
         }
         DataType::Float64 => {
             for v in col.as_primitive::<Float64Type>() {
-                push(v, &|| format!("{:e}", v.unwrap_or(0.0).abs()), 15);
+                match v {
+                    Some(v) => {
+                        s.clear();
+                        put_float8(&mut s, v);
+                        b.append_value(std::str::from_utf8(&s).unwrap_or(""));
+                    }
+                    None => b.append_null(),
+                }
             }
         }
         _ => return cast(col, &DataType::Utf8).unwrap_or_else(|_| col.clone()),
     }
     Arc::new(b.finish())
-}
-
-/// Writes a float as PostgreSQL's `float8out`/`float4out` do with the default
-/// `extra_float_digits` (1): the shortest digits that read back as the same value, in
-/// fixed notation when the decimal exponent is in `-4..fixed_below` (15 for float8, 6 for
-/// float4) and as `1.5e+20` otherwise. `sci` is Rust's shortest `{:e}` form of `|v|`.
-pub fn format_float(v: f64, sci: String, fixed_below: i32, out: &mut String) {
-    if v.is_nan() {
-        out.push_str("NaN");
-        return;
-    }
-    if v.is_infinite() {
-        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
-        return;
-    }
-    if v.is_sign_negative() {
-        out.push('-');
-    }
-    if v == 0.0 {
-        out.push('0');
-        return;
-    }
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    if (-4..fixed_below).contains(&exp) {
-        if exp < 0 {
-            out.push_str("0.");
-            for _ in 0..(-exp - 1) {
-                out.push('0');
-            }
-            out.push_str(&digits);
-        } else {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                out.push_str(&digits);
-                for _ in digits.len()..int_len {
-                    out.push('0');
-                }
-            } else {
-                out.push_str(&digits[..int_len]);
-                out.push('.');
-                out.push_str(&digits[int_len..]);
-            }
-        }
-    } else {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
-        }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let a = exp.unsigned_abs();
-        if a < 10 {
-            out.push('0');
-        }
-        out.push_str(&a.to_string());
-    }
 }
 
 /// Rewrites casts of timestamps and floats to strings into `pg_timestamp_text`.
@@ -276,15 +221,15 @@ mod tests {
     use super::*;
 
     fn f8(v: f64) -> String {
-        let mut s = String::new();
-        crate::engine::pg_text::format_float(v, format!("{:e}", v.abs()), 15, &mut s);
-        s
+        let mut s = bytes::BytesMut::new();
+        crate::wire::values::put_float8(&mut s, v);
+        String::from_utf8(s.to_vec()).expect("ascii")
     }
 
     fn f4(v: f32) -> String {
-        let mut s = String::new();
-        crate::engine::pg_text::format_float(v as f64, format!("{:e}", v.abs()), 6, &mut s);
-        s
+        let mut s = bytes::BytesMut::new();
+        crate::wire::values::put_float4(&mut s, v);
+        String::from_utf8(s.to_vec()).expect("ascii")
     }
 
     #[test]
@@ -305,6 +250,8 @@ mod tests {
         assert_eq!(f8(1.25e-7), "1.25e-07");
         assert_eq!(f8(0.1f32 as f64), "0.10000000149011612");
         assert_eq!(f8(2.5), "2.5");
+        // A tie between two shortest forms: PostgreSQL's Ryu picks the even last digit.
+        assert_eq!(f8(1_658_206_780_088_562.2), "1.6582067800885622e+15");
         assert_eq!(f4(1.5), "1.5");
         assert_eq!(f4(1e6), "1e+06");
         assert_eq!(f4(1e5), "100000");

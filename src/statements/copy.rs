@@ -32,6 +32,7 @@ use super::names::{ident, resolve};
 use super::{Completion, Output, query};
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
+use crate::wire::values::ColumnWriter;
 
 /// Rows per batch handed to the Delta writer.
 const BATCH_ROWS: usize = 8192;
@@ -327,7 +328,14 @@ impl CopyOut {
                     if i > 0 {
                         buf.put_u8(*delimiter);
                     }
-                    write_csv_field(&mut buf, f.name(), *delimiter, *quote, *escape, false);
+                    write_csv_field(
+                        &mut buf,
+                        f.name().as_bytes(),
+                        *delimiter,
+                        *quote,
+                        *escape,
+                        false,
+                    );
                 }
                 buf.put_u8(b'\n');
                 Some(buf.freeze())
@@ -337,55 +345,80 @@ impl CopyOut {
     }
 
     /// Encodes a batch as one buffer, split into one message per row (PostgreSQL sends a
-    /// CopyData per row, and clients count rows that way).
+    /// CopyData per row, and clients count rows that way). Columns of the common types are
+    /// written straight from the Arrow buffers ([`crate::wire::values`]); the rest through
+    /// Arrow's formatter.
     pub fn encode(format: &CopyFormat, batch: &RecordBatch) -> Result<Vec<Bytes>> {
         let opts = pg_format_options();
-        let columns: Vec<Column> = batch
+        let columns: Vec<Cell> = batch
             .columns()
             .iter()
-            .map(|a| Column::new(a, &opts))
+            .map(|a| match ColumnWriter::text(a) {
+                Some(w) => Ok(Cell::Fast(w)),
+                None => Column::new(a, &opts).map(Cell::General),
+            })
             .collect::<Result<_>>()?;
+        let (delimiter, null) = match format {
+            CopyFormat::Text { delimiter, null }
+            | CopyFormat::Csv {
+                delimiter, null, ..
+            } => (*delimiter, null.as_bytes()),
+        };
+        // The bytes that make a value need escaping (text) or quoting (CSV).
+        let mut special = [false; 256];
+        special[usize::from(delimiter)] = true;
+        special[usize::from(b'\n')] = true;
+        special[usize::from(b'\r')] = true;
+        match format {
+            CopyFormat::Text { .. } => special[usize::from(b'\\')] = true,
+            CopyFormat::Csv { quote, escape, .. } => {
+                special[usize::from(*quote)] = true;
+                special[usize::from(*escape)] = true;
+            }
+        }
         let mut buf = BytesMut::with_capacity(batch.num_rows() * 16 * columns.len().max(1));
         let mut ends = Vec::with_capacity(batch.num_rows());
         let mut scratch = String::new();
+        let mut raw: Vec<u8> = Vec::new();
         for row in 0..batch.num_rows() {
             for (i, c) in columns.iter().enumerate() {
-                match format {
-                    CopyFormat::Text { delimiter, null } => {
-                        if i > 0 {
-                            buf.put_u8(*delimiter);
-                        }
-                        if c.array.is_null(row) {
-                            buf.put_slice(null.as_bytes());
-                        } else {
-                            scratch.clear();
-                            c.write(row, &mut scratch)?;
-                            write_text_field(&mut buf, &scratch, *delimiter);
-                        }
+                if i > 0 {
+                    buf.put_u8(delimiter);
+                }
+                let at = buf.len();
+                match c {
+                    Cell::Fast(w) if w.is_null(row) => {
+                        buf.put_slice(null);
+                        continue;
                     }
-                    CopyFormat::Csv {
-                        delimiter,
-                        quote,
-                        escape,
-                        null,
-                        ..
-                    } => {
-                        if i > 0 {
-                            buf.put_u8(*delimiter);
-                        }
-                        if c.array.is_null(row) {
-                            buf.put_slice(null.as_bytes());
-                        } else {
-                            scratch.clear();
-                            c.write(row, &mut scratch)?;
-                            write_csv_field(
-                                &mut buf,
-                                &scratch,
-                                *delimiter,
-                                *quote,
-                                *escape,
-                                scratch.is_empty() || scratch == *null,
-                            );
+                    Cell::Fast(w) => {
+                        w.write(row, &mut buf)
+                            .map_err(|e| TallyError::InvalidValue {
+                                code: "22P02",
+                                message: e.to_string(),
+                            })?
+                    }
+                    Cell::General(c) if c.array.is_null(row) => {
+                        buf.put_slice(null);
+                        continue;
+                    }
+                    Cell::General(c) => {
+                        scratch.clear();
+                        c.write(row, &mut scratch)?;
+                        buf.put_slice(scratch.as_bytes());
+                    }
+                }
+                let value = &buf[at..];
+                let quote_csv =
+                    matches!(format, CopyFormat::Csv { .. }) && (value.is_empty() || value == null);
+                if quote_csv || value.iter().any(|&b| special[usize::from(b)]) {
+                    raw.clear();
+                    raw.extend_from_slice(value);
+                    buf.truncate(at);
+                    match format {
+                        CopyFormat::Text { .. } => write_text_field(&mut buf, &raw, delimiter),
+                        CopyFormat::Csv { quote, escape, .. } => {
+                            write_csv_field(&mut buf, &raw, delimiter, *quote, *escape, quote_csv)
                         }
                     }
                 }
@@ -404,6 +437,12 @@ impl CopyOut {
             })
             .collect())
     }
+}
+
+/// How one column of a COPY OUT is written.
+enum Cell<'a> {
+    Fast(ColumnWriter<'a>),
+    General(Column<'a>),
 }
 
 /// A column ready to print values in PostgreSQL's text output format.
@@ -481,8 +520,8 @@ impl<'a> Column<'a> {
     }
 }
 
-fn write_text_field(buf: &mut BytesMut, v: &str, delimiter: u8) {
-    for &b in v.as_bytes() {
+fn write_text_field(buf: &mut BytesMut, v: &[u8], delimiter: u8) {
+    for &b in v {
         match b {
             b'\\' => buf.put_slice(b"\\\\"),
             b'\n' => buf.put_slice(b"\\n"),
@@ -499,21 +538,21 @@ fn write_text_field(buf: &mut BytesMut, v: &str, delimiter: u8) {
 
 fn write_csv_field(
     buf: &mut BytesMut,
-    v: &str,
+    v: &[u8],
     delimiter: u8,
     quote: u8,
     escape: u8,
     force_quote: bool,
 ) {
     let needs = force_quote
-        || v.bytes()
-            .any(|b| b == delimiter || b == quote || b == b'\n' || b == b'\r' || b == escape);
+        || v.iter()
+            .any(|&b| b == delimiter || b == quote || b == b'\n' || b == b'\r' || b == escape);
     if !needs {
-        buf.put_slice(v.as_bytes());
+        buf.put_slice(v);
         return;
     }
     buf.put_u8(quote);
-    for &b in v.as_bytes() {
+    for &b in v {
         if b == quote || b == escape {
             buf.put_u8(escape);
         }

@@ -24,7 +24,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::data::{DataRow, NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
     Describe, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
@@ -187,6 +187,8 @@ where
     Ok(())
 }
 
+type RowIter = Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync>;
+
 fn rows_response(
     stream: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
@@ -198,23 +200,32 @@ fn rows_response(
     let f = fields.clone();
     let rows = stream
         .map(move |batch: datafusion::error::Result<RecordBatch>| {
-            let batch = match batch {
-                Ok(b) if presenting => {
-                    super::encode::present(b, &f).map_err(|e| pg_error(unwrap_datafusion(e.into())))
-                }
-                Ok(b) => Ok(b),
-                Err(e) => Err(pg_error(unwrap_datafusion(e))),
-            };
-            let it: Box<
-                dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + Sync,
-            > = match batch {
-                Ok(b) => arrow_pg::datatypes::encode_recordbatch(f.clone(), b),
-                Err(e) => Box::new(std::iter::once(Err(e))),
+            let it: RowIter = match batch {
+                Ok(b) => encode_batch(b, &f, presenting),
+                Err(e) => Box::new(std::iter::once(Err(pg_error(unwrap_datafusion(e))))),
             };
             stream::iter(it)
         })
         .flatten();
     Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
+/// A batch as DataRows: column by column from the Arrow buffers where every column allows
+/// it ([`super::values`]), else through arrow-pg after [`super::encode::present`].
+fn encode_batch(b: RecordBatch, fields: &Arc<Vec<FieldInfo>>, presenting: bool) -> RowIter {
+    let fail = |e: TallyError| -> RowIter { Box::new(std::iter::once(Err(pg_error(e)))) };
+    match super::values::data_rows(b.columns(), b.num_rows(), fields) {
+        Some(Ok(rows)) => Box::new(rows.into_iter().map(Ok)),
+        Some(Err(e)) => fail(TallyError::InvalidValue {
+            code: "22P02",
+            message: e.to_string(),
+        }),
+        None if presenting => match super::encode::present(b, fields) {
+            Ok(b) => arrow_pg::datatypes::encode_recordbatch(fields.clone(), b),
+            Err(e) => fail(unwrap_datafusion(e.into())),
+        },
+        None => arrow_pg::datatypes::encode_recordbatch(fields.clone(), b),
+    }
 }
 
 fn copy_out_response(out: CopyOut) -> Response {

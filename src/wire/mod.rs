@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod encode;
 pub mod handler;
 pub mod types;
+pub mod values;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -307,6 +307,35 @@ def test_copy_query_to_stdout(psql, schema):
     assert csv == 'id,name\n1,alpha\n2,"b,c"\n3,\n4,tab\there\n'
 
 
+def test_copy_to_stdout_writes_values_as_postgres(psql, schema):
+    """COPY TO STDOUT writes floats with their shortest digits (`-2`, `1e+20`), real as real,
+    timestamps without trailing fraction zeros and with `+00` for timestamptz (the session
+    zone is UTC), numerics with their scale, in text and csv."""
+    psql.sql(
+        f"create table {schema}.v (f double precision, r real, ts timestamp, tz timestamptz,"
+        " d date, n numeric(10,2), i integer, b boolean)"
+    )
+    psql.sql(
+        f"insert into {schema}.v values"
+        " (-2, 1.5, '2024-01-02 03:04:05.5', '2024-01-02 03:04:05+00', '2024-01-02', 1.5, -7, true),"
+        " (1e20, 0.1, '2024-01-02 03:04:05', '2024-01-02 03:04:05.123456+00', '1999-12-31', -0.05, 0, false),"
+        " (0.1, null, null, null, null, null, null, null)"
+    )
+    query = f"select * from {schema}.v order by f"
+    text = psql.run("-c", f"\\copy ({query}) to stdout").stdout
+    assert text == (
+        "-2\t1.5\t2024-01-02 03:04:05.5\t2024-01-02 03:04:05+00\t2024-01-02\t1.50\t-7\tt\n"
+        "0.1\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n"
+        "1e+20\t0.1\t2024-01-02 03:04:05\t2024-01-02 03:04:05.123456+00\t1999-12-31\t-0.05\t0\tf\n"
+    )
+    csv = psql.run("-c", f"\\copy ({query}) to stdout with (format csv)").stdout
+    assert csv == (
+        "-2,1.5,2024-01-02 03:04:05.5,2024-01-02 03:04:05+00,2024-01-02,1.50,-7,t\n"
+        "0.1,,,,,,,\n"
+        "1e+20,0.1,2024-01-02 03:04:05,2024-01-02 03:04:05.123456+00,1999-12-31,-0.05,0,f\n"
+    )
+
+
 def test_copy_table_to_stdout(psql, schema):
     """`\\copy table to stdout` (COPY table TO STDOUT, not a query) exports all rows."""
     psql.sql(f"create table {schema}.t (id bigint, flag boolean)")
