@@ -17,10 +17,13 @@ pub enum Action {
     Run,
     /// Run the data tests of the selected models.
     Test,
-    /// Seeds, models and tests in DAG order; a failing test skips what depends on it.
+    /// Seeds, snapshots, models and tests in DAG order; a failing test skips what depends on
+    /// it.
     Build,
     /// Load the CSV seeds.
     Seed,
+    /// Build or update the snapshots (`{% snapshot %}` blocks under snapshot-paths).
+    Snapshot,
     /// List the selected models, seeds and tests.
     Ls,
     /// Render the selected models to SQL (printed, and written under target/compiled/).
@@ -30,7 +33,7 @@ pub enum Action {
 /// Flags of `tally models`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelsArgs {
-    /// run, test, build, seed, ls or compile.
+    /// run, test, build, seed, snapshot, ls or compile.
     #[arg(value_enum)]
     pub action: Action,
     /// The project folder (holding dbt_project.yml).
@@ -107,6 +110,7 @@ pub async fn run(args: &ModelsArgs, executor: Option<Arc<dyn Executor>>) -> Resu
         Action::Test => Command::Test,
         Action::Build => Command::Build,
         Action::Seed => Command::Seed,
+        Action::Snapshot => Command::Snapshot,
         Action::Compile => Command::Compile,
     };
     let Some(executor) = executor else {

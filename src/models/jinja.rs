@@ -133,14 +133,21 @@ pub fn render(path: &str, source: &str, input: &RenderInput) -> Result<(String, 
     Ok((text, captured))
 }
 
-/// Renders a YAML string value that may hold Jinja (`schema: "{{ var('web_schema', 'web') }}"`),
-/// with `var` and `env_var` available; `at` names it in errors.
-pub fn render_value(at: &str, text: &str, vars: &Map<String, Json>) -> Result<String> {
+/// Renders a YAML string value that may hold Jinja (`schema: "{{ var('web_schema', 'web') }}"`,
+/// `+target_schema: "{{ target.schema }}_snapshots"`), with `var`, `env_var` and `target`
+/// available; `at` names it in errors.
+pub fn render_value(
+    at: &str,
+    text: &str,
+    vars: &Map<String, Json>,
+    target_schema: &str,
+) -> Result<String> {
     if !text.contains("{{") && !text.contains("{%") {
         return Ok(text.to_string());
     }
     let input = RenderInput {
         vars: vars.clone(),
+        target_schema: target_schema.to_string(),
         ..Default::default()
     };
     render(at, text, &input).map(|(t, _)| t)

@@ -13,6 +13,7 @@
 //! - [`materialize`]: the SQL each materialisation sends.
 //! - [`schema_tests`]: `unique`, `not_null`, `accepted_values`, `relationships`, singular tests.
 //! - [`seeds`]: CSV seeds.
+//! - [`snapshot`]: snapshots (type 2 history of a query's rows), as dbt builds them.
 //! - [`executor`]: where statements run (in-process engine or a server).
 //! - [`runner`]: concurrent execution, skip-on-failure, the run report.
 //! - [`report`]: the console output and progress bar.
@@ -30,6 +31,7 @@ pub mod report;
 pub mod runner;
 pub mod schema_tests;
 pub mod seeds;
+pub mod snapshot;
 
 pub use error::{ModelError, Result};
 pub use executor::{Connection, Embedded, Executor, Remote};

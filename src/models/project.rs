@@ -30,6 +30,9 @@ pub enum Materialized {
     Ephemeral,
     /// A seed: a table loaded from a CSV file.
     Seed,
+    /// A snapshot: a table keeping every version of the rows of a query (type 2 slowly
+    /// changing dimension), with `dbt_valid_from`/`dbt_valid_to`.
+    Snapshot,
 }
 
 impl Materialized {
@@ -41,6 +44,7 @@ impl Materialized {
             Materialized::Incremental => "incremental",
             Materialized::Ephemeral => "ephemeral",
             Materialized::Seed => "seed",
+            Materialized::Snapshot => "snapshot",
         }
     }
 }
@@ -71,6 +75,44 @@ pub struct NodeConfig {
     pub post_hook: Vec<String>,
     /// `full_refresh: false` keeps an incremental model even under `--full-refresh`.
     pub full_refresh: Option<bool>,
+    /// How a snapshot detects changes (snapshots only).
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// How a snapshot decides that a row changed, as dbt's `strategy` config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStrategy {
+    /// `strategy='timestamp'`: a row changed when its `updated_at` (a column or expression)
+    /// is later than the `dbt_valid_from` of its current version.
+    Timestamp {
+        /// The expression giving the time a row last changed.
+        updated_at: String,
+    },
+    /// `strategy='check'`: a row changed when one of these columns differs from its current
+    /// version (`None`: `check_cols='all'`, every column of the query).
+    Check {
+        /// The columns compared, or all.
+        columns: Option<Vec<String>>,
+    },
+}
+
+/// What happens to current versions whose key left the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardDeletes {
+    /// They stay current (dbt's default).
+    Ignore,
+    /// They are closed (`dbt_valid_to` set to the snapshot time): `hard_deletes='invalidate'`
+    /// or the older `invalidate_hard_deletes=true`.
+    Invalidate,
+}
+
+/// The settings only snapshots have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// How changes are detected.
+    pub strategy: SnapshotStrategy,
+    /// What happens to rows that disappear.
+    pub hard_deletes: HardDeletes,
 }
 
 /// What a node is.
@@ -80,6 +122,8 @@ pub enum NodeKind {
     Model,
     /// A CSV seed.
     Seed,
+    /// A snapshot (`{% snapshot %}` block under `snapshot-paths`).
+    Snapshot,
 }
 
 /// A model or a seed: something `ref()` can name.
@@ -182,6 +226,13 @@ const CONFIG_KEYS: &[&str] = &[
     "where",
     "contract",
     "delimiter",
+    "target_schema",
+    "target_database",
+    "strategy",
+    "updated_at",
+    "check_cols",
+    "invalidate_hard_deletes",
+    "hard_deletes",
 ];
 
 /// A property file's per-node entry (`models:` / `seeds:` list item).
@@ -211,19 +262,26 @@ impl Project {
         let model_paths = paths_of(&doc, "model-paths", &["models"]);
         let seed_paths = paths_of(&doc, "seed-paths", &["seeds"]);
         let test_paths = paths_of(&doc, "test-paths", &["tests"]);
+        let snapshot_paths = paths_of(&doc, "snapshot-paths", &["snapshots"]);
         let models_tree = doc.get("models").cloned().unwrap_or(Json::Null);
         let seeds_tree = doc.get("seeds").cloned().unwrap_or(Json::Null);
+        let snapshots_tree = doc.get("snapshots").cloned().unwrap_or(Json::Null);
 
         // Property files: models, seeds and sources.
         let mut model_props: HashMap<String, Properties> = HashMap::new();
         let mut seed_props: HashMap<String, Properties> = HashMap::new();
+        let mut snapshot_props: HashMap<String, Properties> = HashMap::new();
         let mut source_decls: Vec<(String, Json)> = Vec::new();
-        for dir in model_paths.iter().chain(&seed_paths) {
+        for dir in model_paths.iter().chain(&seed_paths).chain(&snapshot_paths) {
             for file in files_under(root, dir, &["yml", "yaml"])? {
                 let shown = shown_path(root, &file);
                 let text = read_to_string(&file, &shown)?;
                 let doc = parse_yaml(&shown, &text)?;
-                for (section, into) in [("models", &mut model_props), ("seeds", &mut seed_props)] {
+                for (section, into) in [
+                    ("models", &mut model_props),
+                    ("seeds", &mut seed_props),
+                    ("snapshots", &mut snapshot_props),
+                ] {
                     for entry in list(doc.get(section)) {
                         let Some(n) = entry.get("name").and_then(Json::as_str) else {
                             return Err(ModelError::Yaml {
@@ -265,7 +323,7 @@ impl Project {
                 });
             };
             let schema = match s.get("schema").and_then(Json::as_str) {
-                Some(t) => jinja::render_value(path, t, &vars)?,
+                Some(t) => jinja::render_value(path, t, &vars, &options.target_schema)?,
                 None => sname.to_string(),
             };
             for t in list(s.get("tables")) {
@@ -276,7 +334,7 @@ impl Project {
                     });
                 };
                 let identifier = match t.get("identifier").and_then(Json::as_str) {
-                    Some(i) => jinja::render_value(path, i, &vars)?,
+                    Some(i) => jinja::render_value(path, i, &vars, &options.target_schema)?,
                     None => tname.to_string(),
                 };
                 let key = (sname.to_string(), tname.to_string());
@@ -385,6 +443,54 @@ impl Project {
                 });
             }
         }
+        for dir in &snapshot_paths {
+            for file in files_under(root, dir, &["sql"])? {
+                let shown = shown_path(root, &file);
+                let text = read_to_string(&file, &shown)?;
+                for block in snapshot_blocks(&shown, &text)? {
+                    let fqn = fqn_of(&block.name, &name_dirs(root, dir, &file), &project_name);
+                    let mut config = tree_config(&snapshots_tree, &fqn);
+                    if let Some(p) = snapshot_props.get(&block.name) {
+                        merge_config(&mut config, &p.config);
+                    }
+                    let input = RenderInput {
+                        this: Some(Relation::new(
+                            options.target_schema.clone(),
+                            block.name.clone(),
+                        )),
+                        ..base_input.clone()
+                    };
+                    let (_, captured) = jinja::render(&shown, &block.body, &input)?;
+                    merge_config(&mut config, &captured.config);
+                    let typed = typed_config(&shown, &config, Materialized::Snapshot)?;
+                    if !typed.enabled {
+                        continue;
+                    }
+                    let relation = match config.get("target_schema").and_then(Json::as_str) {
+                        Some(t) if !t.trim().is_empty() => {
+                            let schema =
+                                jinja::render_value(&shown, t, &vars, &options.target_schema)?;
+                            Relation::new(
+                                schema.trim(),
+                                typed.alias.clone().unwrap_or_else(|| block.name.clone()),
+                            )
+                        }
+                        _ => relation_of(&options.target_schema, &block.name, &typed),
+                    };
+                    nodes.push(Node {
+                        kind: NodeKind::Snapshot,
+                        name: block.name,
+                        path: shown.clone(),
+                        raw: block.body,
+                        config: typed,
+                        relation,
+                        refs: dedup(captured.refs),
+                        sources: dedup(captured.sources),
+                        fqn,
+                    });
+                }
+            }
+        }
         nodes.sort_by(|a, b| a.path.cmp(&b.path));
 
         // One name, one node.
@@ -431,6 +537,7 @@ impl Project {
             let props = match n.kind {
                 NodeKind::Model => model_props.get(&n.name),
                 NodeKind::Seed => seed_props.get(&n.name),
+                NodeKind::Snapshot => snapshot_props.get(&n.name),
             };
             if let Some(p) = props {
                 let target = super::schema_tests::Target::Node(n.name.clone());
@@ -721,6 +828,7 @@ fn typed_config(path: &str, c: &Map<String, Json>, default: Materialized) -> Res
     let materialized = match c.get("materialized").and_then(Json::as_str) {
         None => default,
         Some(_) if default == Materialized::Seed => Materialized::Seed,
+        Some(_) if default == Materialized::Snapshot => Materialized::Snapshot,
         Some("view") => Materialized::View,
         Some("table") => Materialized::Table,
         Some("incremental") => Materialized::Incremental,
@@ -757,17 +865,23 @@ fn typed_config(path: &str, c: &Map<String, Json>, default: Materialized) -> Res
                 .collect()
         })
         .unwrap_or_default();
+    let unique_key: Vec<String> = strings(c.get("unique_key"))
+        .into_iter()
+        .flat_map(|s| {
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    let snapshot = if materialized == Materialized::Snapshot {
+        Some(snapshot_config(path, c, &unique_key)?)
+    } else {
+        None
+    };
     Ok(NodeConfig {
         materialized,
-        unique_key: strings(c.get("unique_key"))
-            .into_iter()
-            .flat_map(|s| {
-                s.split(',')
-                    .map(|p| p.trim().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|s| !s.is_empty())
-            .collect(),
+        unique_key,
         incremental_strategy,
         schema: c.get("schema").and_then(Json::as_str).map(str::to_string),
         alias: c.get("alias").and_then(Json::as_str).map(str::to_string),
@@ -777,7 +891,123 @@ fn typed_config(path: &str, c: &Map<String, Json>, default: Materialized) -> Res
         pre_hook: strings(c.get("pre_hook")),
         post_hook: strings(c.get("post_hook")),
         full_refresh: c.get("full_refresh").and_then(Json::as_bool),
+        snapshot,
     })
+}
+
+/// The strategy and hard-delete handling of a snapshot, checked as dbt checks them: a
+/// `unique_key` always, `updated_at` for `timestamp`, `check_cols` for `check`.
+fn snapshot_config(
+    path: &str,
+    c: &Map<String, Json>,
+    unique_key: &[String],
+) -> Result<SnapshotConfig> {
+    let invalid = |message: String| ModelError::Invalid {
+        at: Location::file(path),
+        message,
+    };
+    if unique_key.is_empty() {
+        return Err(invalid("a snapshot needs unique_key=".into()));
+    }
+    let strategy = match c.get("strategy").and_then(Json::as_str) {
+        Some("timestamp") => match c.get("updated_at").and_then(Json::as_str) {
+            Some(u) if !u.trim().is_empty() => SnapshotStrategy::Timestamp {
+                updated_at: u.trim().to_string(),
+            },
+            _ => {
+                return Err(invalid(
+                    "strategy='timestamp' needs updated_at= (the column that says when a row changed)"
+                        .into(),
+                ));
+            }
+        },
+        Some("check") => match c.get("check_cols") {
+            Some(Json::String(s)) if s.eq_ignore_ascii_case("all") => {
+                SnapshotStrategy::Check { columns: None }
+            }
+            Some(v @ (Json::String(_) | Json::Array(_))) => {
+                let columns = strings(Some(v));
+                if columns.is_empty() {
+                    return Err(invalid("check_cols= lists no columns".into()));
+                }
+                SnapshotStrategy::Check {
+                    columns: Some(columns),
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "strategy='check' needs check_cols= ('all' or a list of columns)".into(),
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(invalid(format!(
+                "strategy='{other}' is not supported (use timestamp or check)"
+            )));
+        }
+        None => {
+            return Err(invalid(
+                "a snapshot needs strategy= ('timestamp' or 'check')".into(),
+            ));
+        }
+    };
+    let hard_deletes = match c.get("hard_deletes").and_then(Json::as_str) {
+        Some("invalidate") => HardDeletes::Invalidate,
+        Some("ignore") => HardDeletes::Ignore,
+        Some(other) => {
+            return Err(invalid(format!(
+                "hard_deletes='{other}' is not supported (use ignore or invalidate)"
+            )));
+        }
+        None if c.get("invalidate_hard_deletes").and_then(Json::as_bool) == Some(true) => {
+            HardDeletes::Invalidate
+        }
+        None => HardDeletes::Ignore,
+    };
+    Ok(SnapshotConfig {
+        strategy,
+        hard_deletes,
+    })
+}
+
+/// One `{% snapshot name %} ... {% endsnapshot %}` block of a snapshot file.
+struct SnapshotBlock {
+    name: String,
+    /// The text between the tags, preceded by as many newlines as there are lines before
+    /// it in the file, so Jinja and SQL errors point at the file's own line numbers.
+    body: String,
+}
+
+/// The snapshot blocks of a file, in order. Text outside blocks is ignored, as dbt does.
+fn snapshot_blocks(shown: &str, text: &str) -> Result<Vec<SnapshotBlock>> {
+    static OPEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%-?\s*snapshot\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}")
+            .expect("valid regex")
+    });
+    static CLOSE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%-?\s*endsnapshot\s*-?%\}").expect("valid regex")
+    });
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(open) = OPEN.captures_at(text, at) {
+        let (Some(whole), Some(name)) = (open.get(0), open.get(1)) else {
+            break;
+        };
+        let line = text[..whole.start()].matches('\n').count() + 1;
+        let Some(close) = CLOSE.find_at(text, whole.end()) else {
+            return Err(ModelError::Jinja {
+                at: Location::line(shown, Some(line)),
+                message: format!("snapshot {} has no {{% endsnapshot %}}", name.as_str()),
+            });
+        };
+        let padding = "\n".repeat(text[..whole.end()].matches('\n').count());
+        out.push(SnapshotBlock {
+            name: name.as_str().to_string(),
+            body: format!("{padding}{}", &text[whole.end()..close.start()]),
+        });
+        at = close.end();
+    }
+    Ok(out)
 }
 
 fn dedup<T: Clone + Eq + std::hash::Hash>(v: Vec<T>) -> Vec<T> {

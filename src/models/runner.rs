@@ -13,9 +13,10 @@ use super::executor::{Connection, Executor};
 use super::graph::{self, Graph};
 use super::jinja::{self, Relation, RenderInput, Resolver, quote_literal};
 use super::materialize::{self, Existing, StepError, Steps};
-use super::project::{Materialized, NodeKind, Project};
+use super::project::{HardDeletes, Materialized, NodeKind, Project};
 use super::schema_tests::{self, Target, TestKind};
 use super::seeds;
+use super::snapshot;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum Command {
     Build,
     /// Render models to SQL without building them (written to `target/compiled/`).
     Compile,
+    /// Build or update snapshots.
+    Snapshot,
 }
 
 /// Options of a run.
@@ -357,6 +360,7 @@ fn plan_units(
     };
     match command {
         Command::Seed => nodes(&|k| k == NodeKind::Seed),
+        Command::Snapshot => nodes(&|k| k == NodeKind::Snapshot),
         Command::Run | Command::Compile => nodes(&|k| k == NodeKind::Model),
         Command::Test => tests(),
         Command::Build => {
@@ -659,6 +663,7 @@ async fn run_unit(ctx: &Ctx, conn: &mut dyn Connection, u: Unit) -> UnitResult {
             NodeKind::Seed => build_seed(ctx, conn, i).await,
             NodeKind::Model if ctx.command == Command::Compile => compile_only(ctx, conn, i).await,
             NodeKind::Model => build_model(ctx, conn, i).await,
+            NodeKind::Snapshot => build_snapshot(ctx, conn, i).await,
         },
         Unit::Test(t) => run_test(ctx, conn, t).await,
     };
@@ -894,7 +899,10 @@ async fn build_model(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<O
                 .map_err(fail)?;
             Some(rows)
         }
-        Materialized::Ephemeral | Materialized::Seed | Materialized::Table => None,
+        Materialized::Ephemeral
+        | Materialized::Seed
+        | Materialized::Table
+        | Materialized::Snapshot => None,
     };
     hooks(ctx, &mut steps, &n.path, rel, &n.config.post_hook).await?;
     ctx.write_target("run", &n.path, &(steps.log.join(";\n\n") + ";\n"));
@@ -909,6 +917,18 @@ async fn build_table(
     existing: Option<Existing>,
     compiled: &str,
 ) -> Result<u64, StepError> {
+    build_table_at(ctx, steps, rel, existing, compiled, 0).await
+}
+
+/// [`build_table`] of a query that embeds the model's SQL `offset` lines down.
+async fn build_table_at(
+    ctx: &Ctx,
+    steps: &mut Steps<'_>,
+    rel: &Relation,
+    existing: Option<Existing>,
+    compiled: &str,
+    offset: usize,
+) -> Result<u64, StepError> {
     let tmp = materialize::tmp_of(rel);
     if let Some(kind) = ctx.existing(&tmp) {
         steps
@@ -917,7 +937,10 @@ async fn build_table(
         ctx.set_existing(&tmp, None);
     }
     let created = steps
-        .run(&format!("CREATE TABLE {tmp} AS\n{compiled}"), Some(1))
+        .run(
+            &format!("CREATE TABLE {tmp} AS\n{compiled}"),
+            Some(1 + offset),
+        )
         .await?;
     swap(ctx, steps, rel, &tmp, existing).await?;
     Ok(created.affected.unwrap_or(0))
@@ -971,16 +994,7 @@ async fn incremental_apply(
     tmp: &str,
 ) -> Result<u64, StepError> {
     let rel = &n.relation;
-    let columns: Vec<String> = steps
-        .query(&format!(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = {} AND table_name = {} ORDER BY ordinal_position",
-            quote_literal(&rel.schema),
-            quote_literal(&rel.identifier)
-        ))
-        .await?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect();
+    let columns = table_columns(steps, rel).await?;
     let keys = &n.config.unique_key;
     let strategy = n
         .config
@@ -1044,6 +1058,109 @@ async fn delete_insert(
         .and_then(|r| r.first().cloned().flatten())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
+}
+
+/// Builds a snapshot: the first run stores the query's rows as current versions, later runs
+/// close changed (and, if asked, deleted) versions and insert new ones (see [`snapshot`]).
+async fn build_snapshot(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<Outcome, String> {
+    let n = &ctx.project.nodes[i];
+    let Some(config) = &n.config.snapshot else {
+        return Err(format!("{}: {} is not a snapshot", n.path, n.name));
+    };
+    let rel = &n.relation;
+    let keys = &n.config.unique_key;
+    let mut steps = Steps::new(conn);
+    hooks(ctx, &mut steps, &n.path, rel, &n.config.pre_hook).await?;
+    let compiled = ctx
+        .compile(&n.path, &n.raw, &n.refs, Some(rel.clone()), false)
+        .map_err(|e| e.to_string())?;
+    ctx.write_target("compiled", &n.path, &compiled);
+    let fail = |e: StepError| step_message(&n.path, &n.raw, &compiled, &e);
+    let rows = match ctx.existing(rel) {
+        None => {
+            let sql = snapshot::first_build_sql(&compiled, keys, &config.strategy);
+            build_table_at(
+                ctx,
+                &mut steps,
+                rel,
+                None,
+                &sql,
+                snapshot::WRAPPED_LINE_OFFSET,
+            )
+            .await
+            .map_err(fail)?
+        }
+        Some(Existing::View) => {
+            return Err(format!(
+                "{}: {rel} is a view, not a snapshot table; drop it or give the snapshot another name",
+                n.path
+            ));
+        }
+        Some(Existing::Table) => {
+            let columns = table_columns(&mut steps, rel).await.map_err(fail)?;
+            let missing: Vec<&str> = snapshot::META_COLUMNS
+                .into_iter()
+                .filter(|m| !columns.iter().any(|c| c == m))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "{}: {rel} is not a snapshot table (it has no {})",
+                    n.path,
+                    missing.join(", ")
+                ));
+            }
+            let plan = snapshot::plan(
+                rel,
+                &compiled,
+                &columns,
+                keys,
+                &config.strategy,
+                config.hard_deletes == HardDeletes::Invalidate,
+            );
+            let result = apply_snapshot(&mut steps, &plan).await;
+            for t in &plan.temporaries {
+                let _ = steps.run(&format!("DROP TABLE IF EXISTS {t}"), None).await;
+            }
+            result.map_err(fail)?
+        }
+    };
+    hooks(ctx, &mut steps, &n.path, rel, &n.config.post_hook).await?;
+    ctx.write_target("run", &n.path, &(steps.log.join(";\n\n") + ";\n"));
+    Ok(Outcome::built(Some(rows)))
+}
+
+/// Stages and applies a later snapshot run; returns the versions inserted.
+async fn apply_snapshot(steps: &mut Steps<'_>, plan: &snapshot::Plan) -> Result<u64, StepError> {
+    steps
+        .run(&plan.source, Some(1 + snapshot::WRAPPED_LINE_OFFSET))
+        .await?;
+    steps.run(&plan.inserts, None).await?;
+    steps.run(&plan.updates, None).await?;
+    if let Some(d) = &plan.deletes {
+        steps.run(d, None).await?;
+    }
+    let mut inserted = 0;
+    for s in &plan.apply {
+        let r = steps.run(s, None).await?;
+        if s.starts_with("INSERT") {
+            inserted = r.affected.unwrap_or(0);
+        }
+    }
+    Ok(inserted)
+}
+
+/// The columns of `rel`, in order.
+async fn table_columns(steps: &mut Steps<'_>, rel: &Relation) -> Result<Vec<String>, StepError> {
+    Ok(steps
+        .query(&format!(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = {} AND table_name = {} ORDER BY ordinal_position",
+            quote_literal(&rel.schema),
+            quote_literal(&rel.identifier)
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
 }
 
 async fn build_seed(ctx: &Ctx, conn: &mut dyn Connection, i: usize) -> Result<Outcome, String> {

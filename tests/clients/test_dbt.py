@@ -179,16 +179,19 @@ def test_dbt_failing_test_is_reported(dbt):
 
 
 def test_tally_models_builds_the_same_project_as_dbt(dbt, info):
-    """``tally models build`` on the same project, on the same server, gives the same tables."""
+    """``tally models build`` on the same project, on the same server, gives the same tables,
+    and the same snapshot history as ``dbt snapshot`` after the seeds change."""
     tally = os.environ.get("TALLY_BIN")
     if not tally or not os.access(tally, os.X_OK):
         pytest.skip("TALLY_BIN is not set (scripts/clients.sh sets it)")
     dbt.run("seed")
     dbt.run("run")
+    dbt.run("snapshot")
     ours = f"{dbt.schema}_tally"
     auth = info.user if not info.password else f"{info.user}:{info.password}"
     url = f"postgresql://{auth}@{info.host}:{info.port}/{info.dbname}"
-    try:
+
+    def tally_build():
         proc = subprocess.run(
             [tally, "models", "build", "--project", str(dbt.root), "--url", url, "--target-schema", ours],
             capture_output=True,
@@ -196,6 +199,16 @@ def test_tally_models_builds_the_same_project_as_dbt(dbt, info):
             timeout=300,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def same_snapshot():
+        order = "order by id, dbt_valid_from"
+        theirs = dbt.query(f'select * from "{dbt.schema}_snapshots".customers_snapshot {order}')
+        mine = dbt.query(f'select * from "{ours}_snapshots".customers_snapshot {order}')
+        assert mine == theirs
+        return mine
+
+    try:
+        tally_build()
         for model, key in [
             ("stg_customers", "customer_id"),
             ("customer_orders", "customer_id"),
@@ -206,6 +219,21 @@ def test_tally_models_builds_the_same_project_as_dbt(dbt, info):
             theirs = dbt.query(f'select * from "{dbt.schema}".{model} order by {key}')
             mine = dbt.query(f'select * from "{ours}".{model} order by {key}')
             assert mine == theirs, model
+        assert len(same_snapshot()) == 4
+
+        # Bob moves to the pro plan: both tools close his old version and add the new one.
+        seeds = dbt.root / "seeds"
+        customers = (seeds / "raw_customers.csv").read_text()
+        customers = customers.replace(
+            "2,bob@example.com,free,2024-01-04 11:30:00", "2,bob@example.com,pro,2024-03-01 08:00:00"
+        )
+        (seeds / "raw_customers.csv").write_text(customers)
+        dbt.run("seed", "--full-refresh")
+        dbt.run("snapshot")
+        tally_build()
+        history = [(r[0], r[2], r[-1] is None) for r in same_snapshot() if r[0] == 2]
+        assert history == [(2, "free", False), (2, "pro", True)]
     finally:
         with psycopg.connect(info.conninfo(), autocommit=True) as conn:
-            conn.execute(f'drop schema if exists "{ours}" cascade')
+            for s in (ours, f"{ours}_snapshots"):
+                conn.execute(f'drop schema if exists "{s}" cascade')

@@ -588,3 +588,188 @@ async fn materialisations_change_in_place_and_full_refresh_rebuilds() {
         vec![vec!["4"]]
     );
 }
+
+const SNAPSHOTS: &str = "{% snapshot people_ts %}
+{{ config(unique_key='id', strategy='timestamp', updated_at='updated_at', hard_deletes='invalidate') }}
+select * from {{ ref('people') }}
+{% endsnapshot %}
+
+{% snapshot people_check %}
+{{ config(unique_key='id', strategy='check', check_cols=['plan']) }}
+select id, plan from {{ ref('people') }}
+{% endsnapshot %}
+";
+
+/// Snapshots keep every version of a row (dbt's SCD2 columns): the first build stores the
+/// rows as current; after the seed changes, the changed row is closed and its new version
+/// inserted, the new row inserted, the deleted row closed only where hard deletes are
+/// invalidated; a model refs a snapshot; an unchanged run adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_keep_history_across_runs() {
+    let project_dir = write_project(&[
+        (
+            "seeds/people.csv",
+            "id,plan,updated_at\n1,free,2024-01-01 00:00:00\n2,free,2024-01-02 00:00:00\n3,pro,2024-01-03 00:00:00\n",
+        ),
+        ("snapshots/people.sql", SNAPSHOTS),
+        (
+            "models/current_people.sql",
+            "select id, plan from {{ ref('people_ts') }} where dbt_valid_to is null",
+        ),
+    ]);
+    std::fs::write(
+        project_dir.path().join("dbt_project.yml"),
+        "name: scratch\nconfig-version: 2\nsnapshot-paths: [snapshots]\nsnapshots:\n  scratch:\n    +target_schema: \"{{ target.schema }}_history\"\n",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = embedded(dir.path()).await;
+    let project = load(project_dir.path(), None);
+    assert_eq!(
+        project.node("people_ts").map(|n| n.relation.to_string()),
+        Some("\"public_history\".\"people_ts\"".to_string())
+    );
+
+    let first = run(&project, &exec, Command::Build, &[]).await;
+    assert!(first.success(), "{first:#?}");
+    assert_eq!(first.get("people_ts").and_then(|r| r.rows), Some(3));
+    assert_eq!(
+        first.get("people_ts").map(|r| r.kind.as_str()),
+        Some("snapshot")
+    );
+
+    std::fs::write(
+        project_dir.path().join("seeds/people.csv"),
+        "id,plan,updated_at\n1,pro,2024-02-01 00:00:00\n3,pro,2024-01-03 00:00:00\n4,pro,2024-02-02 00:00:00\n",
+    )
+    .expect("write");
+    let project = load(project_dir.path(), None);
+    let second = run(&project, &exec, Command::Build, &[]).await;
+    assert!(second.success(), "{second:#?}");
+    assert_eq!(second.get("people_ts").and_then(|r| r.rows), Some(2));
+    assert_eq!(second.get("people_check").and_then(|r| r.rows), Some(2));
+
+    let ts = "SELECT id, plan, CAST(updated_at AS VARCHAR), CAST(dbt_updated_at AS VARCHAR), \
+              CAST(dbt_valid_from AS VARCHAR), CAST(dbt_valid_to AS VARCHAR), \
+              dbt_scd_id = md5(CAST(id AS VARCHAR) || '|' || CAST(updated_at AS VARCHAR)) \
+              FROM public_history.people_ts WHERE id <> 2 ORDER BY id, dbt_valid_from";
+    let expected = vec![
+        vec![
+            "1",
+            "free",
+            "2024-01-01 00:00:00",
+            "2024-01-01 00:00:00",
+            "2024-01-01 00:00:00",
+            "2024-02-01 00:00:00",
+            "true",
+        ],
+        vec![
+            "1",
+            "pro",
+            "2024-02-01 00:00:00",
+            "2024-02-01 00:00:00",
+            "2024-02-01 00:00:00",
+            "NULL",
+            "true",
+        ],
+        vec![
+            "3",
+            "pro",
+            "2024-01-03 00:00:00",
+            "2024-01-03 00:00:00",
+            "2024-01-03 00:00:00",
+            "NULL",
+            "true",
+        ],
+        vec![
+            "4",
+            "pro",
+            "2024-02-02 00:00:00",
+            "2024-02-02 00:00:00",
+            "2024-02-02 00:00:00",
+            "NULL",
+            "true",
+        ],
+    ];
+    assert_eq!(text(&rows(&exec, ts).await), expected);
+    // The hard-deleted row is closed at the snapshot time.
+    assert_eq!(
+        text(
+            &rows(
+                &exec,
+                "SELECT id, plan, CAST(dbt_valid_from AS VARCHAR), dbt_valid_to IS NOT NULL FROM public_history.people_ts WHERE id = 2"
+            )
+            .await
+        ),
+        vec![vec!["2", "free", "2024-01-02 00:00:00", "true"]]
+    );
+
+    // check: versions by value; the deleted row stays current (hard deletes ignored), and
+    // a closed version ends exactly where its successor starts.
+    assert_eq!(
+        text(
+            &rows(
+                &exec,
+                "SELECT id, plan, dbt_valid_to IS NULL FROM public_history.people_check ORDER BY id, dbt_valid_from"
+            )
+            .await
+        ),
+        vec![
+            vec!["1", "free", "false"],
+            vec!["1", "pro", "true"],
+            vec!["2", "free", "true"],
+            vec!["3", "pro", "true"],
+            vec!["4", "pro", "true"],
+        ]
+    );
+    assert_eq!(
+        text(
+            &rows(
+                &exec,
+                "SELECT count(*) FROM public_history.people_check a JOIN public_history.people_check b \
+                 ON a.id = b.id AND a.dbt_valid_to = b.dbt_valid_from AND b.dbt_updated_at = b.dbt_valid_from"
+            )
+            .await
+        ),
+        vec![vec!["1"]]
+    );
+    assert_eq!(
+        text(&rows(&exec, "SELECT id, plan FROM current_people ORDER BY id").await),
+        vec![vec!["1", "pro"], vec!["3", "pro"], vec!["4", "pro"]]
+    );
+
+    // Nothing changed: nothing is added.
+    let third = run(&project, &exec, Command::Snapshot, &[]).await;
+    assert!(third.success(), "{third:#?}");
+    assert_eq!(third.results.len(), 2, "snapshot runs only snapshots");
+    assert_eq!(third.get("people_ts").and_then(|r| r.rows), Some(0));
+    assert_eq!(third.get("people_check").and_then(|r| r.rows), Some(0));
+    assert_eq!(
+        text(&rows(&exec, "SELECT count(*) FROM public_history.people_check").await),
+        vec![vec!["5"]]
+    );
+}
+
+#[test]
+fn snapshot_config_errors_name_the_file() {
+    for (config, needle) in [
+        ("unique_key='id', strategy='timestamp'", "updated_at"),
+        ("unique_key='id', strategy='check'", "check_cols"),
+        ("strategy='check', check_cols='all'", "unique_key"),
+        ("unique_key='id', strategy='nope'", "strategy='nope'"),
+    ] {
+        let p = write_project(&[(
+            "snapshots/s.sql",
+            &format!(
+                "{{% snapshot s %}}\n{{{{ config({config}) }}}}\nselect 1 as id\n{{% endsnapshot %}}\n"
+            ),
+        )]);
+        let err = Project::load(p.path(), &LoadOptions::default()).expect_err(config);
+        let msg = err.to_string();
+        assert!(msg.starts_with("snapshots/s.sql"), "{msg}");
+        assert!(msg.contains(needle), "{config}: {msg}");
+    }
+    let p = write_project(&[("snapshots/s.sql", "\n{% snapshot s %}\nselect 1\n")]);
+    let err = Project::load(p.path(), &LoadOptions::default()).expect_err("unclosed");
+    assert!(err.to_string().starts_with("snapshots/s.sql:2"), "{err}");
+}
