@@ -251,6 +251,13 @@ impl CatalogProvider for CatalogView {
     }
 }
 
+fn table_location(rel: &Relation) -> Option<&str> {
+    match rel {
+        Relation::Table(t) => Some(t.location.as_str()),
+        _ => None,
+    }
+}
+
 /// A user schema, read from the catalog document on every lookup.
 struct DocSchema {
     view: CatalogView,
@@ -290,11 +297,25 @@ impl SchemaProvider for DocSchema {
         let Some(rel) = doc.relation(&self.name, name) else {
             return Ok(None);
         };
-        self.view
-            .relation_provider(rel)
-            .await
-            .map(Some)
-            .map_err(DataFusionError::from)
+        let first = match self.view.relation_provider(rel).await {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) => e,
+        };
+        // Another session may have dropped or swapped this table (DROP, RENAME: what dbt does
+        // on every model while its other threads list columns) after this session read the
+        // catalog, or after its transaction took its copy, and deleted the old folder. Ask
+        // the latest catalog: a table that is gone is not there, one that moved opens anew.
+        let latest = self.view.store().current();
+        match latest.relation(&self.name, name) {
+            None => Ok(None),
+            Some(now) if table_location(now) != table_location(rel) => self
+                .view
+                .relation_provider(now)
+                .await
+                .map(Some)
+                .map_err(DataFusionError::from),
+            Some(_) => Err(first.into()),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -683,3 +683,30 @@ async fn asyncpg_type_introspection() {
         ]
     );
 }
+
+/// A table dropped by another session after this one's transaction took its copy of the
+/// catalog (dbt drops and renames tables while its other threads read
+/// information_schema.columns) is left out of the listing instead of failing it with the
+/// missing folder.
+#[tokio::test]
+async fn listing_columns_survives_a_concurrent_drop() {
+    let s = TestServer::start().await;
+    let a = s.client().await;
+    let b = s.client().await;
+    a.batch_execute("CREATE TABLE gone (x bigint); CREATE TABLE kept (y bigint)")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("DROP TABLE gone").await.unwrap();
+    let rows = a
+        .query(
+            "SELECT table_name, column_name FROM information_schema.columns \
+             WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(names, vec!["kept".to_string()]);
+    a.batch_execute("COMMIT").await.unwrap();
+}
