@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::builder::NullBufferBuilder;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, ListArray,
-    StringArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryBuilder, BinaryViewBuilder, BooleanBuilder, Date32Builder,
+    Decimal128Builder, Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
+    ListArray, StringArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
@@ -69,6 +69,8 @@ enum Kind {
     /// Text: the input was checked to be UTF-8 already, so bytes go in as they are and the
     /// array is validated once when the batch is cut.
     Utf8(BinaryBuilder),
+    /// Text as string views (what Delta tables declare), filled and validated the same way.
+    Utf8View(BinaryViewBuilder),
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Decimal(Decimal128Builder, u8, i8),
@@ -98,6 +100,7 @@ fn fast(ty: &DataType) -> bool {
             | DataType::Float64
             | DataType::Boolean
             | DataType::Utf8
+            | DataType::Utf8View
             | DataType::Date32
             | DataType::Timestamp(TimeUnit::Microsecond, _)
             | DataType::Decimal128(..)
@@ -115,6 +118,10 @@ impl Column {
             DataType::Float64 => Kind::Float64(Float64Builder::with_capacity(rows)),
             DataType::Boolean => Kind::Bool(BooleanBuilder::with_capacity(rows)),
             DataType::Utf8 => Kind::Utf8(BinaryBuilder::with_capacity(rows, bytes)),
+            DataType::Utf8View => Kind::Utf8View(
+                BinaryViewBuilder::with_capacity(rows)
+                    .with_fixed_block_size(bytes.clamp(8 << 10, 8 << 20) as u32),
+            ),
             DataType::Date32 => Kind::Date(Date32Builder::with_capacity(rows)),
             DataType::Timestamp(TimeUnit::Microsecond, zone) => Kind::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(rows),
@@ -153,6 +160,7 @@ impl Column {
             Kind::Float64(b) => b.append_null(),
             Kind::Bool(b) => b.append_null(),
             Kind::Utf8(b) | Kind::Cast(b) => b.append_null(),
+            Kind::Utf8View(b) => b.append_null(),
             Kind::Date(b) => b.append_null(),
             Kind::Timestamp(b, _) => b.append_null(),
             Kind::Decimal(b, ..) => b.append_null(),
@@ -175,6 +183,7 @@ impl Column {
             Kind::Float64(b) => b.append_value(values::parse_f64(v).map_err(err)?),
             Kind::Bool(b) => b.append_value(values::parse_bool(v).map_err(err)?),
             Kind::Utf8(b) | Kind::Cast(b) => b.append_value(v),
+            Kind::Utf8View(b) => b.append_value(v),
             Kind::Date(b) => {
                 let d = match values::fast_date(v) {
                     Some(d) => d,
@@ -220,6 +229,7 @@ impl Column {
             Kind::Utf8(mut b) => {
                 Arc::new(StringArray::try_from_binary(b.finish()).map_err(internal)?)
             }
+            Kind::Utf8View(mut b) => Arc::new(b.finish().to_string_view().map_err(internal)?),
             Kind::Date(mut b) => Arc::new(b.finish()),
             Kind::Timestamp(mut b, zone) => Arc::new(b.finish().with_timezone_opt(zone)),
             Kind::Decimal(mut b, p, s) => Arc::new(
@@ -370,6 +380,17 @@ mod tests {
         let a = c.finish(4, 16).unwrap();
         let v = a.as_list::<i32>().value(0);
         assert_eq!(v.as_string::<i32>(), &StringArray::from(vec!["a", "b,c"]));
+
+        let ty = DataType::List(Arc::new(Field::new("element", DataType::Utf8View, true)));
+        let mut c = Column::new(&ty, 4, 16);
+        c.append(br#"{"a long value that is not inlined",NULL}"#)
+            .unwrap();
+        let a = c.finish(4, 16).unwrap();
+        assert_eq!(a.data_type(), &ty);
+        let v = a.as_list::<i32>().value(0);
+        let v = v.as_string_view();
+        assert_eq!(v.value(0), "a long value that is not inlined");
+        assert!(v.is_null(1));
     }
 
     #[test]
