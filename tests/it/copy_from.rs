@@ -142,6 +142,20 @@ async fn copy_from_formats_and_options() {
             (6, None, None),
         ]
     );
+    // Temporary tables take COPY too.
+    c.batch_execute("CREATE TEMP TABLE tmp (id bigint, tags text[])")
+        .await
+        .unwrap();
+    let n = copy(&c, "COPY tmp FROM STDIN", &[b"1\t{a,b}\n2\t\\N\n"])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let tags: Vec<String> = c
+        .query_one("SELECT tags FROM tmp WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tags, vec!["a".to_string(), "b".to_string()]);
     let e = copy(&c, "COPY p (id, id) FROM STDIN", &[b"1\t1\n"])
         .await
         .unwrap_err();

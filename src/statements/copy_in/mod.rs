@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -183,6 +183,9 @@ pub async fn start(
         }
     }
 
+    // Delta tables declare text as string views for scans but write plain strings: hand the
+    // writer plain strings, so it does not cast every batch.
+    let target = without_views(&target);
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
     let complete = Arc::new(AtomicBool::new(false));
     let partition = Arc::new(ChannelPartition {
@@ -246,6 +249,26 @@ pub async fn start(
         loader: Some(loader),
         writer: Some(writer),
     }))
+}
+
+/// `schema` with string and binary views as plain strings and binaries, at any depth.
+fn without_views(schema: &SchemaRef) -> SchemaRef {
+    fn plain(t: &DataType) -> DataType {
+        match t {
+            DataType::Utf8View => DataType::Utf8,
+            DataType::BinaryView => DataType::Binary,
+            DataType::List(f) => DataType::List(Arc::new(
+                f.as_ref().clone().with_data_type(plain(f.data_type())),
+            )),
+            other => other.clone(),
+        }
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// The loader thread: parses chunks as they come and hands batches to the writer.

@@ -157,10 +157,50 @@ pub fn parse_i16(s: &[u8]) -> Result<i16, ValueError> {
 /// overflows or underflows to zero is out of range.
 pub fn parse_f64(s: &[u8]) -> Result<f64, ValueError> {
     let t = trim(s);
+    if let Some(v) = simple_f64(t) {
+        return Ok(v);
+    }
     let text = std::str::from_utf8(t).map_err(|_| ValueError::Syntax)?;
     let v: f64 = text.parse().map_err(|_| ValueError::Syntax)?;
     check_float_range(t, v.is_infinite(), v == 0.0)?;
     Ok(v)
+}
+
+/// Powers of ten that are exact in an f64.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// Plain decimals of at most 15 digits (`-12.5`, `3`), the common case, without the
+/// general parser: the digits as an integer and the power of ten are both exact in an
+/// f64, so one division rounds correctly (Clinger's fast path). `None` for anything else.
+fn simple_f64(t: &[u8]) -> Option<f64> {
+    let (neg, body) = match t.first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if body.is_empty() || body.len() > 16 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    let mut frac = None;
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if frac.is_none() => frac = Some(body.len() - i - 1),
+            _ => return None,
+        }
+    }
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[frac.unwrap_or(0)];
+    Some(if neg { -v } else { v })
 }
 
 /// `float4in`.
@@ -626,6 +666,40 @@ mod tests {
         assert_eq!(parse_f64(b"abc"), Err(ValueError::Syntax));
         assert_eq!(parse_f32(b"1e39"), Err(ValueError::FloatRange));
         assert_eq!(parse_f32(b"0.25"), Ok(0.25));
+    }
+
+    #[test]
+    fn the_short_float_path_rounds_like_the_general_parser() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..200_000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let digits = (seed % 15 + 1) as usize;
+            let mantissa = seed % 10u64.pow(digits as u32);
+            let mut s = format!("{mantissa:0digits$}");
+            let point = (seed >> 40) as usize % (digits + 1);
+            if point < digits {
+                s.insert(point, '.');
+            }
+            if i % 3 == 0 {
+                s.insert(0, '-');
+            }
+            let want: f64 = s.parse().unwrap();
+            assert_eq!(
+                simple_f64(s.as_bytes()).map(f64::to_bits),
+                Some(want.to_bits()),
+                "{s}"
+            );
+        }
+        assert_eq!(simple_f64(b"1e5"), None);
+        assert_eq!(simple_f64(b"1234567890123456"), None);
+        assert_eq!(simple_f64(b"."), None);
+        assert_eq!(simple_f64(b"1.2.3"), None);
+        assert_eq!(
+            simple_f64(b"-0").map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
     }
 
     #[test]
