@@ -5,6 +5,7 @@
 //! The result is an [`Output`] that the wire layer (or `tally sql`) turns into messages.
 
 pub mod copy;
+pub mod copy_in;
 pub mod cursor;
 pub mod ddl;
 pub mod merge;

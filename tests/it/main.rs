@@ -4,6 +4,7 @@
 mod activate;
 mod collect;
 mod common;
+mod copy_from;
 mod destinations_saas;
 mod identity;
 mod identity_graph;
