@@ -104,14 +104,14 @@ pub fn timestamp_text(array: &ArrayRef) -> DFResult<ArrayRef> {
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| datafusion::error::DataFusionError::Internal("timestamp cast".into()))?;
     let mut b = StringBuilder::with_capacity(micros.len(), micros.len() * 20);
-    let mut s = String::with_capacity(32);
+    let mut s = bytes::BytesMut::with_capacity(32);
     for i in 0..micros.len() {
         if micros.is_null(i) {
             b.append_null();
         } else {
             s.clear();
-            format_micros(micros.value(i), with_zone, &mut s);
-            b.append_value(&s);
+            crate::wire::values::put_timestamp(&mut s, micros.value(i), with_zone);
+            b.append_value(std::str::from_utf8(&s).unwrap_or(""));
         }
     }
     Ok(Arc::new(b.finish()))

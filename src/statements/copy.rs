@@ -6,7 +6,7 @@
 //! byte-level parser into typed Arrow batches and one Delta append.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, ListArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::SendableRecordBatchStream;
@@ -376,13 +376,7 @@ impl CopyOut {
                         buf.put_slice(null);
                         continue;
                     }
-                    Cell::Fast(w) => {
-                        w.write(row, &mut buf)
-                            .map_err(|e| TallyError::InvalidValue {
-                                code: "22P02",
-                                message: e.to_string(),
-                            })?
-                    }
+                    Cell::Fast(w) => w.write(row, &mut buf)?,
                     Cell::General(c) if c.array.is_null(row) => {
                         buf.put_slice(null);
                         continue;
@@ -437,7 +431,6 @@ struct Column<'a> {
 }
 
 enum ColumnKind<'a> {
-    Bool(&'a BooleanArray),
     List(&'a ListArray, FormatOptions<'static>),
     Other(ArrayFormatter<'a>),
 }
@@ -445,12 +438,6 @@ enum ColumnKind<'a> {
 impl<'a> Column<'a> {
     fn new(array: &'a ArrayRef, opts: &FormatOptions<'a>) -> Result<Self> {
         let kind = match array.data_type() {
-            DataType::Boolean => ColumnKind::Bool(
-                array
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| TallyError::Internal("bool".into()))?,
-            ),
             DataType::List(_) => ColumnKind::List(
                 array
                     .as_any()
@@ -469,7 +456,6 @@ impl<'a> Column<'a> {
     fn write(&self, row: usize, out: &mut String) -> Result<()> {
         use std::fmt::Write;
         match &self.kind {
-            ColumnKind::Bool(b) => out.push(if b.value(row) { 't' } else { 'f' }),
             ColumnKind::List(l, opts) => {
                 let values = l.value(row);
                 let f = ArrayFormatter::try_new(values.as_ref(), opts)

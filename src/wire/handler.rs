@@ -216,10 +216,7 @@ fn encode_batch(b: RecordBatch, fields: &Arc<Vec<FieldInfo>>, presenting: bool) 
     let fail = |e: TallyError| -> RowIter { Box::new(std::iter::once(Err(pg_error(e)))) };
     match super::values::data_rows(b.columns(), b.num_rows(), fields) {
         Some(Ok(rows)) => Box::new(rows.into_iter().map(Ok)),
-        Some(Err(e)) => fail(TallyError::InvalidValue {
-            code: "22P02",
-            message: e.to_string(),
-        }),
+        Some(Err(e)) => fail(e.into()),
         None if presenting => match super::encode::present(b, fields) {
             Ok(b) => arrow_pg::datatypes::encode_recordbatch(fields.clone(), b),
             Err(e) => fail(unwrap_datafusion(e.into())),

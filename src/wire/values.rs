@@ -38,6 +38,15 @@ pub enum ValueError {
     BadUuid(String),
 }
 
+impl From<ValueError> for crate::error::TallyError {
+    fn from(e: ValueError) -> Self {
+        crate::error::TallyError::InvalidValue {
+            code: "22P02",
+            message: e.to_string(),
+        }
+    }
+}
+
 enum Values<'a> {
     I16(&'a [i16]),
     I32(&'a [i32]),
@@ -473,7 +482,9 @@ fn put_date(out: &mut BytesMut, days: i32) {
     }
 }
 
-fn put_timestamp(out: &mut BytesMut, micros: i64, zone: bool) {
+/// Writes a timestamp (microseconds since 1970) as PostgreSQL's text output does:
+/// `2024-01-02 03:04:05.5`, with `+00` after a `timestamptz` (the session zone is UTC).
+pub fn put_timestamp(out: &mut BytesMut, micros: i64, zone: bool) {
     let days = micros.div_euclid(MICROS_PER_DAY);
     let in_day = micros.rem_euclid(MICROS_PER_DAY);
     let at = out.len();
