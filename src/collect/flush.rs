@@ -369,6 +369,7 @@ async fn write_table(
     let mut write = delta
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
+        .with_writer_properties(crate::storage::append::writer_properties())
         .with_commit_properties(commit);
     if adds {
         write = write.with_schema_mode(SchemaMode::Merge);

@@ -33,6 +33,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::future::BoxFuture;
 use url::Url;
 
+use super::append::{self, DeltaAppendExec};
 use crate::error::{Result, TallyError};
 
 /// Opens the Delta table at `url` at its latest version.
@@ -166,7 +167,25 @@ impl TableProvider for DeltaTableProvider {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.inner.insert_into(state, input, insert_op).await
+        let snapshot = self.table.snapshot().map_err(external)?.snapshot();
+        let save_mode = match insert_op {
+            InsertOp::Append => SaveMode::Append,
+            InsertOp::Overwrite => SaveMode::Overwrite,
+            InsertOp::Replace => {
+                return Err(DataFusionError::NotImplemented(
+                    "INSERT OR REPLACE into a Delta table".into(),
+                ));
+            }
+        };
+        if !append::supports(snapshot) {
+            return self.inner.insert_into(state, input, insert_op).await;
+        }
+        Ok(Arc::new(DeltaAppendExec::new(
+            input,
+            self.table.log_store(),
+            snapshot.clone(),
+            save_mode,
+        )))
     }
 
     async fn delete_from(

@@ -6,6 +6,7 @@
 //! `gs://`, `az://`/`abfss://`), teaches delta-rs the same stores, and wraps Delta tables as
 //! DataFusion tables ([`delta::DeltaTableProvider`]).
 
+pub mod append;
 pub mod delta;
 
 use std::collections::HashMap;

@@ -14,6 +14,7 @@ mod pull;
 mod routes;
 mod scheduler;
 mod slt;
+mod storage;
 mod streams;
 mod sync_resume;
 mod syncs;
