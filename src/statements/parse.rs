@@ -103,6 +103,53 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>> {
     Ok(out)
 }
 
+/// Whether `text` reads the system catalogs (a `pg_*` relation or function, or
+/// `information_schema`): the introspection queries of psql, drivers and BI tools, for which
+/// datafusion-pg-catalog's whole rewrite set (known-query substitutions included) is made.
+fn is_catalog_query(text: &str) -> bool {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() else {
+        return true;
+    };
+    tokens.iter().any(|t| match t {
+        Token::Word(w) if w.quote_style.is_none() => {
+            let v = w.value.to_ascii_lowercase();
+            v.starts_with("pg_") || v == "information_schema"
+        }
+        _ => false,
+    })
+}
+
+/// datafusion-pg-catalog's rewrites that are right for any statement. Its
+/// `RemoveSubqueryFromProjection` is left out: it replaces a correlated scalar subquery in
+/// a select list with NULL and caps an uncorrelated one at one row, which psql's catalog
+/// queries tolerate but which turns a user's `(SELECT count(*) ... WHERE i.k = o.k)` into
+/// a column of NULLs without a word.
+fn general_rewrites(stmt: Statement) -> Statement {
+    use datafusion_pg_catalog::sql::rules::{
+        AliasDuplicatedProjectionRewrite, CurrentUserVariableToSessionUserFunctionCall,
+        FixArrayLiteral, FixVersionColumnName, ResolveUnqualifiedIdentifier,
+        RewriteArrayAnyAllOperation, RewritePgCatalogOperator, RewriteRegCastToSubquery,
+        SqlStatementRewriteRule, StripCallableQualifier, StripCollate,
+    };
+    static RULES: std::sync::OnceLock<Vec<Box<dyn SqlStatementRewriteRule>>> =
+        std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        vec![
+            Box::new(AliasDuplicatedProjectionRewrite),
+            Box::new(ResolveUnqualifiedIdentifier),
+            Box::new(RewriteArrayAnyAllOperation),
+            Box::new(StripCallableQualifier),
+            Box::new(FixArrayLiteral),
+            Box::new(CurrentUserVariableToSessionUserFunctionCall),
+            Box::new(StripCollate),
+            Box::new(RewritePgCatalogOperator),
+            Box::new(RewriteRegCastToSubquery::new()),
+            Box::new(FixVersionColumnName),
+        ]
+    });
+    rules.iter().fold(stmt, |s, rule| rule.rewrite(s))
+}
+
 fn compat_parser() -> &'static PostgresCompatibilityParser {
     static P: std::sync::OnceLock<PostgresCompatibilityParser> = std::sync::OnceLock::new();
     P.get_or_init(PostgresCompatibilityParser::new)
@@ -172,7 +219,13 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     if let Some(replaced) = crate::engine::pg_queries::replace_text(text) {
         return parse_one(compat, &replaced);
     }
-    let mut stmts = compat.parse(text).map_err(|_| {
+    let parsed = if is_catalog_query(text) {
+        compat.parse(text)
+    } else {
+        Parser::parse_sql(&PostgreSqlDialect {}, text)
+            .map(|stmts| stmts.into_iter().map(general_rewrites).collect())
+    };
+    let mut stmts = parsed.map_err(|_| {
         // The compatibility parser loses token positions; parse again for the message.
         match Parser::parse_sql(&PostgreSqlDialect {}, text) {
             Err(e) => syntax_error_at(text, &e.to_string()),
