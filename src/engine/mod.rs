@@ -4,6 +4,7 @@
 //! transaction, over the shared catalog.
 
 pub mod columns;
+pub mod cte;
 mod pg_compat;
 mod pg_overrides;
 pub mod pg_queries;
@@ -126,8 +127,9 @@ impl Engine {
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
-            // delta-rs operations (UPDATE, DELETE, MERGE, writes) plan their own nodes.
-            .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+            // delta-rs operations (UPDATE, DELETE, MERGE, writes) plan their own nodes, and
+            // shared CTEs theirs.
+            .with_query_planner(Arc::new(cte::exec::TallyQueryPlanner))
             .with_catalog_list(list)
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -141,6 +143,8 @@ impl Engine {
         let timestamp_text = Arc::new(pg_text::TimestampText::udf());
         ctx.register_udf(timestamp_text.as_ref().clone());
         ctx.add_analyzer_rule(Arc::new(pg_text::PgTextCasts::new(timestamp_text)));
+        // Last, so that the bodies it shares are fully analyzed.
+        ctx.add_analyzer_rule(Arc::new(cte::ShareCtes));
         {
             let mut builder = SessionStateBuilder::new_from_existing(ctx.state());
             let inner = builder.type_planner().take();

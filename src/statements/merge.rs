@@ -116,7 +116,8 @@ async fn run(session: &mut Session, merge: ast::Merge) -> Result<usize> {
         )));
     }
 
-    let state = session.ctx.state();
+    // delta-rs plans the source with its own planner, which cannot read shared CTEs.
+    let state = crate::engine::cte::without_sharing(session.ctx.state());
     let table = session.catalog.tables().latest(&location).await?;
     let target_schema = table
         .snapshot()

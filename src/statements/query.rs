@@ -22,11 +22,13 @@ use crate::error::{Result, TallyError, unwrap_datafusion};
 /// names.
 pub async fn plan(session: &Session, stmt: Statement) -> Result<LogicalPlan> {
     let is_query = matches!(stmt, Statement::Query(_));
+    let hints = crate::engine::cte::Hints::of(&stmt);
     let state = session.ctx.state();
     let plan = state
         .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
         .await
         .map_err(map_plan_error)?;
+    let plan = hints.mark(plan).map_err(unwrap_datafusion)?;
     if is_query {
         pg_column_names(plan)
     } else {

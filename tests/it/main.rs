@@ -5,6 +5,7 @@ mod activate;
 mod collect;
 mod common;
 mod copy_from;
+mod cte;
 mod destinations_saas;
 mod identity;
 mod identity_graph;
