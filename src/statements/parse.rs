@@ -237,6 +237,7 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
             let mut stmt = stmts.remove(0);
             super::rewrite::like_escape(&mut stmt);
             super::rewrite::alias_column_casts(&mut stmt);
+            super::rewrite::name_scalar_subqueries(&mut stmt);
             crate::engine::pg_queries::rewrite(&mut stmt);
             super::rewrite::aggregate_catalog_subqueries(&mut stmt);
             Ok(TallyStatement::Sql(Box::new(stmt)))

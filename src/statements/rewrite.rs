@@ -204,3 +204,78 @@ fn alias_in_set_expr(body: &mut datafusion::sql::sqlparser::ast::SetExpr) {
         _ => {}
     }
 }
+
+/// Separates the name a client sees from a suffix that only keeps it unique inside
+/// DataFusion; the wire shows the part before it ([`client_name`]).
+pub const NAME_SUFFIX: char = '\u{1f}';
+
+/// The column name a client sees for a result field named `name`.
+pub fn client_name(name: &str) -> &str {
+    name.split(NAME_SUFFIX).next().unwrap_or(name)
+}
+
+/// Two or more unaliased scalar subqueries in a query's select list get the names
+/// PostgreSQL gives them (their own output column's name: `count`, `max`, `x`, else
+/// `?column?`). DataFusion names every one `(<subquery>)` and then rejects the projection
+/// for duplicate names, where PostgreSQL answers `SELECT (SELECT count(*) FROM a),
+/// (SELECT count(*) FROM b)` with two columns named `count`. Each alias carries a
+/// [`NAME_SUFFIX`]ed number so they stay distinct until the wire drops it.
+pub fn name_scalar_subqueries(stmt: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let Statement::Query(q) = stmt else {
+        return;
+    };
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    let unnamed = select
+        .projection
+        .iter()
+        .filter(|i| matches!(i, SelectItem::UnnamedExpr(Expr::Subquery(_))))
+        .count();
+    if unnamed < 2 {
+        return;
+    }
+    for (n, item) in select.projection.iter_mut().enumerate() {
+        let SelectItem::UnnamedExpr(Expr::Subquery(sub)) = item else {
+            continue;
+        };
+        let name = subquery_column_name(sub);
+        *item = SelectItem::ExprWithAlias {
+            expr: Expr::Subquery(sub.clone()),
+            alias: Ident::with_quote('"', format!("{name}{NAME_SUFFIX}{n}")),
+        };
+    }
+}
+
+/// PostgreSQL's name for a scalar subquery's value: its single output column's name.
+fn subquery_column_name(q: &datafusion::sql::sqlparser::ast::Query) -> String {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return "?column?".into();
+    };
+    let normalize = |i: &Ident| match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    };
+    match select.projection.first() {
+        Some(SelectItem::ExprWithAlias { alias, .. }) => normalize(alias),
+        Some(SelectItem::UnnamedExpr(e)) => match e {
+            Expr::Identifier(i) => normalize(i),
+            Expr::CompoundIdentifier(parts) => parts.last().map(normalize).unwrap_or_default(),
+            Expr::Function(f) => f
+                .name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize)
+                .unwrap_or_else(|| "?column?".into()),
+            Expr::Cast { expr, .. } => match expr.as_ref() {
+                Expr::Identifier(i) => normalize(i),
+                _ => "?column?".into(),
+            },
+            _ => "?column?".into(),
+        },
+        _ => "?column?".into(),
+    }
+}

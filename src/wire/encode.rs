@@ -43,9 +43,15 @@ pub fn fields(
             let table = meta.get(TABLE_OID_KEY).and_then(|v| v.parse::<i32>().ok());
             let column = meta.get(ATTNUM_KEY).and_then(|v| v.parse::<i16>().ok());
             let len = type_len(&t);
-            let mut info = FieldInfo::new(f.name().clone(), table, column, t, format.format_for(i))
-                .with_type_modifier(typmod)
-                .with_type_size(len);
+            let mut info = FieldInfo::new(
+                crate::statements::rewrite::client_name(f.name()).to_string(),
+                table,
+                column,
+                t,
+                format.format_for(i),
+            )
+            .with_type_modifier(typmod)
+            .with_type_size(len);
             if let Some(o) = &opts {
                 info = info.with_format_options(o.clone());
             }

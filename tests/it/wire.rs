@@ -710,3 +710,24 @@ async fn listing_columns_survives_a_concurrent_drop() {
     assert_eq!(names, vec!["kept".to_string()]);
     a.batch_execute("COMMIT").await.unwrap();
 }
+
+/// Several unaliased scalar subqueries in one select list run, and each column is named as
+/// PostgreSQL names it (after the subquery's own column), duplicates included.
+#[tokio::test]
+async fn unaliased_scalar_subqueries_get_postgres_names() {
+    let s = crate::common::TestServer::start().await;
+    let c = s.client().await;
+    c.batch_execute("CREATE TABLE sq (x bigint); INSERT INTO sq VALUES (1), (2), (3)")
+        .await
+        .expect("setup");
+    let sql = "SELECT (SELECT count(*) FROM sq), (SELECT count(*) FROM sq WHERE x > 1), \
+               (SELECT max(x) FROM sq), (SELECT x FROM sq WHERE x = 2), (SELECT 1)";
+    let stmt = c.prepare(sql).await.expect("prepare");
+    let names: Vec<&str> = stmt.columns().iter().map(|col| col.name()).collect();
+    assert_eq!(names, ["count", "count", "max", "x", "?column?"]);
+    let row = c.query_one(sql, &[]).await.expect("query");
+    assert_eq!(row.get::<_, i64>(0), 3);
+    assert_eq!(row.get::<_, i64>(1), 2);
+    assert_eq!(row.get::<_, i64>(2), 3);
+    assert_eq!(row.get::<_, i64>(3), 2);
+}
