@@ -123,6 +123,13 @@ pub async fn append(warehouse: &Warehouse, run: &SyncRun) -> Result<()> {
 /// The table for `SELECT ... FROM tally.sync_runs` (empty until the first run).
 pub async fn table(warehouse: &Warehouse) -> DFResult<Arc<dyn TableProvider>> {
     let url = warehouse.url_of(LOCATION).map_err(DataFusionError::from)?;
+    if !warehouse
+        .has_table(LOCATION)
+        .await
+        .map_err(DataFusionError::from)?
+    {
+        return Ok(Arc::new(MemTable::try_new(schema(), vec![vec![]])?));
+    }
     match open_table(&url, &warehouse.options).await {
         Ok(t) => Ok(Arc::new(
             DeltaTableProvider::try_new(t)

@@ -74,6 +74,19 @@ impl Warehouse {
         Path::from_iter(parts)
     }
 
+    /// Whether a Delta table has been written at a relative location (its `_delta_log/`
+    /// holds something). Asking first spares delta-rs's error log for tables that tally
+    /// creates on first use and reads before that (`tally.sync_runs`, ...).
+    pub async fn has_table(&self, relative: &str) -> Result<bool> {
+        use futures::StreamExt;
+        let log = self.path_of(&format!("{}/_delta_log/", relative.trim_end_matches('/')));
+        match self.store.list(Some(&log)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
     /// Deletes everything under a relative location (used by DROP TABLE after the catalog
     /// commit, so a failure here leaves garbage, never a dangling catalog entry).
     pub async fn delete_prefix(&self, relative: &str) -> Result<()> {
