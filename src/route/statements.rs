@@ -229,6 +229,17 @@ pub async fn execute(session: &mut Session, stmt: RouteStatement) -> Result<Outp
                     ),
                 });
             }
+            // The route reads what arrives after CREATE ROUTE returns: its start is fixed
+            // here, not when the manager gets round to starting it (events sent in between
+            // would otherwise be skipped).
+            let wal = session.engine.routes.wal();
+            let started_here = match &wal {
+                Some(wal) if wal.reader(&name).is_none() => {
+                    wal.save_reader(&name, wal.end_position())?;
+                    true
+                }
+                _ => false,
+            };
             let now = Utc::now().to_rfc3339();
             let created = change_catalog(session, |doc| {
                 if doc.routes.contains_key(&name) {
@@ -256,7 +267,13 @@ pub async fn execute(session: &mut Session, stmt: RouteStatement) -> Result<Outp
                 );
                 Ok(true)
             })
-            .await?;
+            .await;
+            if let (Some(wal), true) = (&wal, started_here)
+                && !matches!(created, Ok(true))
+            {
+                wal.remove_reader(&name);
+            }
+            let created = created?;
             session.engine.routes.notify_changed();
             let mut c = Completion::tag("CREATE ROUTE");
             if !created {
