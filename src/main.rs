@@ -174,6 +174,32 @@ async fn run(cli: Cli) -> tally::Result<ExitCode> {
     }
 }
 
+/// The batches with the column names a PostgreSQL client would be shown (see
+/// `statements::rewrite::client_name`).
+fn client_names(
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    batches
+        .into_iter()
+        .map(|b| {
+            let fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .clone()
+                        .with_name(statements::rewrite::client_name(f.name()))
+                })
+                .collect();
+            let schema = std::sync::Arc::new(Schema::new(fields));
+            datafusion::arrow::array::RecordBatch::try_new(schema, b.columns().to_vec())
+                .unwrap_or(b)
+        })
+        .collect()
+}
+
 async fn print_output(o: Output) -> tally::Result<()> {
     match o {
         Output::Rows(stream) | Output::CopyOut(statements::copy::CopyOut { stream, .. }) => {
@@ -182,6 +208,7 @@ async fn print_output(o: Output) -> tally::Result<()> {
                 .await
                 .map_err(tally::error::unwrap_datafusion)?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let batches = client_names(batches);
             let table = pretty_format_batches(&batches)
                 .map_err(|e| tally::TallyError::Internal(e.to_string()))?;
             println!("{table}\n({rows} row{})", if rows == 1 { "" } else { "s" });

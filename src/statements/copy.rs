@@ -315,7 +315,7 @@ impl CopyOut {
                     }
                     write_csv_field(
                         &mut buf,
-                        f.name().as_bytes(),
+                        super::rewrite::client_name(f.name()).as_bytes(),
                         *delimiter,
                         *quote,
                         *escape,

@@ -221,9 +221,14 @@ pub fn client_name(name: &str) -> &str {
 /// (SELECT count(*) FROM b)` with two columns named `count`. Each alias carries a
 /// [`NAME_SUFFIX`]ed number so they stay distinct until the wire drops it.
 pub fn name_scalar_subqueries(stmt: &mut Statement) {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-    let Statement::Query(q) = stmt else {
-        return;
+    use datafusion::sql::sqlparser::ast::{CopySource, SelectItem, SetExpr};
+    let q = match stmt {
+        Statement::Query(q) => q,
+        Statement::Copy {
+            source: CopySource::Query(q),
+            ..
+        } => q,
+        _ => return,
     };
     let SetExpr::Select(select) = q.body.as_mut() else {
         return;

@@ -730,4 +730,18 @@ async fn unaliased_scalar_subqueries_get_postgres_names() {
     assert_eq!(row.get::<_, i64>(1), 2);
     assert_eq!(row.get::<_, i64>(2), 3);
     assert_eq!(row.get::<_, i64>(3), 2);
+
+    // COPY's CSV header names them the same way.
+    let out = c
+        .copy_out(
+            "COPY (SELECT (SELECT count(*) FROM sq), (SELECT count(*) FROM sq WHERE x > 1), (SELECT max(x) FROM sq)) TO STDOUT WITH (FORMAT csv, HEADER)",
+        )
+        .await
+        .expect("copy out");
+    pin_mut!(out);
+    let mut text = Vec::new();
+    while let Some(chunk) = out.next().await {
+        text.extend_from_slice(&chunk.expect("copy data"));
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "count,count,max\n3,2,3\n");
 }
