@@ -310,11 +310,8 @@ async fn read_snapshot(
     wh: &Warehouse,
     location: &str,
 ) -> Result<(Option<Arc<dyn TableProvider>>, Option<u64>)> {
-    let log = wh.path_of(&format!("{location}_delta_log"));
-    match wh.store.list(Some(&log)).next().await {
-        None => return Ok((None, None)),
-        Some(Err(e)) => return Err(e.into()),
-        Some(Ok(_)) => {}
+    if !wh.has_table(location).await? {
+        return Ok((None, None));
     }
     let table = open_table(&wh.url_of(location)?, &wh.options).await?;
     let version = table.version();

@@ -259,10 +259,7 @@ fn subquery_column_name(q: &datafusion::sql::sqlparser::ast::Query) -> String {
     let SetExpr::Select(select) = q.body.as_ref() else {
         return "?column?".into();
     };
-    let normalize = |i: &Ident| match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
-    };
+    use super::names::ident as normalize;
     match select.projection.first() {
         Some(SelectItem::ExprWithAlias { alias, .. }) => normalize(alias),
         Some(SelectItem::UnnamedExpr(e)) => match e {

@@ -220,19 +220,13 @@ async fn materialize(
         });
         if files.is_empty() {
             for _ in 0..parts {
-                files.push(Some(
-                    manager.create_in_progress_file(&format!("CTE {name}"))?,
-                ));
+                files.push(manager.create_in_progress_file(&format!("CTE {name}"))?);
             }
         }
-        if let Some(file) = files[part].as_mut() {
-            file.append_batch(&batch)?;
-        }
+        files[part].append_batch(&batch)?;
     }
     for (part, file) in files.iter_mut().enumerate() {
-        if let Some(file) = file.as_mut() {
-            out[part].spilled = file.finish()?;
-        }
+        out[part].spilled = file.finish()?;
     }
     Ok(Materialized {
         parts: out,

@@ -31,7 +31,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, Result as DFResult};
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::sql::sqlparser::ast::{CteAsMaterialized, Ident, Query, Statement, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{CteAsMaterialized, Query, Statement, Visit, Visitor};
+
+use crate::statements::names::ident;
 
 /// Carries a CTE's `AS MATERIALIZED` (`materialized`) or `AS NOT MATERIALIZED` hint from the
 /// SQL text to [`ShareCtes`], which removes it. It wraps each reference to the CTE.
@@ -179,14 +181,6 @@ impl UserDefinedLogicalNodeCore for WithCtes {
     }
 }
 
-/// How DataFusion's SQL planner spells an identifier (unquoted ones are folded to lower case).
-fn normalize(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
-}
-
 /// The CTEs of a statement that say `AS MATERIALIZED` (true) or `AS NOT MATERIALIZED`.
 struct HintCollector(HashMap<String, bool>);
 
@@ -198,7 +192,7 @@ impl Visitor for HintCollector {
             for cte in &with.cte_tables {
                 if let Some(m) = &cte.materialized {
                     let materialized = matches!(m, CteAsMaterialized::Materialized);
-                    self.0.insert(normalize(&cte.alias.name), materialized);
+                    self.0.insert(ident(&cte.alias.name), materialized);
                 }
             }
         }
@@ -383,9 +377,8 @@ fn share(plan: LogicalPlan) -> DFResult<LogicalPlan> {
     let main = rewriter.rewrite(plan)?;
     let mut inputs = vec![main];
     let mut body_ids = Vec::new();
+    // Every candidate is met while rewriting, in the query or in another body.
     for (id, body) in rewriter.bodies.into_iter().enumerate() {
-        // A candidate met only inside another shared body that was itself replaced has no
-        // body of its own; nothing reads it.
         if let Some(body) = body {
             body_ids.push(id);
             inputs.push(body);
