@@ -14,17 +14,21 @@
 //! - [`activate`]: destinations (`CREATE DESTINATION`), `COPY ... TO DESTINATION` and the delivery engine.
 //! - [`route`]: real-time routes (`CREATE ROUTE`): collected events from the log through SQL to destinations.
 //! - [`models`]: `tally models`, the dbt-style model runner (embedded or against a server).
+//! - [`secrets`]: `CREATE SECRET`, encrypted under the warehouse's key, and `tally.secrets`.
+//! - [`connections`]: `CREATE CONNECTION` for `enrich` and `verify_email`, and `tally.connections`.
 
 pub mod activate;
 pub mod catalog;
 pub mod collect;
 pub mod config;
+pub mod connections;
 pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod models;
 pub mod route;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod statements;
 pub mod storage;

@@ -61,6 +61,46 @@ pub struct CatalogDoc {
     /// Real-time routes created with `CREATE ROUTE`, by name.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteEntry>,
+    /// Secrets created with `CREATE SECRET`, by name, encrypted.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretEntry>,
+    /// Enrichment connections created with `CREATE CONNECTION`, by name.
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionEntry>,
+}
+
+/// A secret (an API key, an HMAC key): AES-256-GCM ciphertext under the warehouse's
+/// secrets key (see [`crate::secrets`]), never the value itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// The 96-bit nonce, base64.
+    pub nonce: String,
+    /// Ciphertext and tag, base64; the secret's name is the associated data, so a
+    /// ciphertext copied under another name does not decrypt.
+    pub ciphertext: String,
+    /// First bytes of the key's SHA-256, hex: names the key a secret needs, for a clear
+    /// error when the server holds another one.
+    pub key_id: String,
+    /// When the secret was created (RFC 3339).
+    pub created_at: String,
+    /// When its value last changed (RFC 3339).
+    #[serde(default)]
+    pub altered_at: Option<String>,
+}
+
+/// An enrichment connection: an outside API that `enrich` and `verify_email` call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionEntry {
+    /// Connection type (`http`, `zerobounce`).
+    pub connection_type: String,
+    /// Options by (lower-case) name; `secret` names a secret, never holds one.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// When the connection was created (RFC 3339).
+    pub created_at: String,
+    /// When its options last changed (RFC 3339).
+    #[serde(default)]
+    pub altered_at: Option<String>,
 }
 
 /// A real-time route: the events of `source`, as they arrive in the collector's log, through

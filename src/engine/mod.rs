@@ -5,6 +5,7 @@
 
 pub mod columns;
 pub mod cte;
+pub mod live_table;
 mod pg_compat;
 mod pg_overrides;
 pub mod pg_queries;
@@ -58,6 +59,10 @@ pub struct Engine {
     pub activation: Arc<crate::activate::Activation>,
     /// Real-time routes' counters and change signal (`tally.route_stats`).
     pub routes: Arc<crate::route::Registry>,
+    /// The warehouse's secrets (`CREATE SECRET`), decrypted on use.
+    pub secrets: Arc<crate::secrets::SecretStore>,
+    /// Enrichment connections built from the catalog, with their caches and limiters.
+    pub connections: Arc<crate::connections::CatalogConnections>,
     /// `pg_class` OIDs of user relations by (schema, name), for RowDescription's table OID
     /// ([`columns`]); re-read when a relation is missing and the catalog moved on.
     relation_oids: DashMap<(String, String), i32>,
@@ -137,6 +142,16 @@ impl Engine {
         setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
             .map_err(|e| TallyError::Internal(format!("pg_catalog setup failed: {e}")))?;
         tally_udfs::register_all(&ctx);
+        let secrets = crate::secrets::SecretStore::open(catalog.clone()).await?;
+        let connections = Arc::new(crate::connections::CatalogConnections::new(
+            catalog.clone(),
+            secrets.clone(),
+        ));
+        tally_udfs::enrich::register(&ctx, connections.clone());
+        // In tally, pseudonymize's key argument names a secret rather than holding a key.
+        ctx.register_udf(tally_udfs::pii::hash::pseudonymize_with_secrets(
+            secrets.clone(),
+        ));
         crate::collect::pull::register(&ctx);
         pg_compat::register(&ctx);
         pg_overrides::install(&ctx, catalog.clone()).await?;
@@ -170,6 +185,17 @@ impl Engine {
                 "route_stats".into(),
                 Arc::new(RouteTable::stats(catalog.clone(), routes.clone())),
             )?;
+            tally.register_table(
+                "secrets".into(),
+                Arc::new(crate::secrets::system::table(catalog.clone())),
+            )?;
+            tally.register_table(
+                "connections".into(),
+                Arc::new(crate::connections::system::table(
+                    catalog.clone(),
+                    connections.clone(),
+                )),
+            )?;
         }
         let template = ctx.state();
         let config_credentials = config
@@ -196,6 +222,8 @@ impl Engine {
             identity_graphs: Default::default(),
             activation: Default::default(),
             routes,
+            secrets,
+            connections,
             relation_oids: DashMap::new(),
             relation_oids_version: std::sync::atomic::AtomicU64::new(0),
         }))

@@ -308,6 +308,8 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
         TallyStatement::Activate(stmt) => crate::activate::statements::execute(session, stmt).await,
         TallyStatement::Sync(stmt) => crate::activate::syncs::execute(session, stmt).await,
         TallyStatement::Route(stmt) => crate::route::statements::execute(session, stmt).await,
+        TallyStatement::Secret(stmt) => crate::secrets::execute(session, stmt).await,
+        TallyStatement::Connection(stmt) => crate::connections::execute(session, stmt).await,
         TallyStatement::Sql(stmt) => execute_sql(session, *stmt).await,
     }
 }

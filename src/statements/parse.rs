@@ -52,6 +52,10 @@ pub enum TallyStatement {
     Sync(crate::activate::syncs::SyncStatement),
     /// `CREATE | ALTER | DROP | REPLAY ROUTE`.
     Route(crate::route::statements::RouteStatement),
+    /// `CREATE | ALTER | DROP SECRET`.
+    Secret(crate::secrets::SecretStatement),
+    /// `CREATE | ALTER | DROP CONNECTION`.
+    Connection(crate::connections::ConnectionStatement),
     /// `DROP USER [IF EXISTS] name [, ...]`.
     DropUser {
         /// User names.
@@ -187,6 +191,17 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
             sql: text.trim().to_string(),
             stmt: Box::new(stmt),
         });
+    }
+    let object = if w(0) == "CREATE" && w(1) == "OR" && w(2) == "REPLACE" {
+        leading_words(text, 4).get(3).cloned().unwrap_or_default()
+    } else {
+        w(1).to_string()
+    };
+    if matches!(w(0), "CREATE" | "ALTER" | "DROP") && object == "SECRET" {
+        return crate::secrets::parse(text).map(TallyStatement::Secret);
+    }
+    if matches!(w(0), "CREATE" | "ALTER" | "DROP") && object == "CONNECTION" {
+        return crate::connections::parse(text).map(TallyStatement::Connection);
     }
     if w(1) == "SOURCE" && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return crate::collect::sources::parse(text).map(TallyStatement::Source);

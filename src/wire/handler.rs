@@ -317,7 +317,7 @@ impl SimpleQueryHandler for QueryHandler {
     {
         // At debug level, every statement a client sends (as PostgreSQL's log_statement =
         // 'all'): how a tool's statement stream is captured, e.g. dbt's.
-        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "simple", "{query}");
+        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "simple", "{}", crate::secrets::loggable(query));
         let (outputs, error) = {
             let mut session = self.slot.lock(client).await;
             statements::run(&mut session, query).await
@@ -561,7 +561,7 @@ impl QueryParser for TallyParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "extended", "{sql}");
+        tracing::debug!(target: "tally::statement", client = %client.socket_addr(), protocol = "extended", "{}", crate::secrets::loggable(sql));
         let session = self.slot.lock(client).await;
         let declared: Vec<_> = types
             .iter()

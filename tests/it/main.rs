@@ -7,6 +7,7 @@ mod common;
 mod copy_from;
 mod cte;
 mod destinations_saas;
+mod enrich;
 mod identity;
 mod identity_graph;
 mod models;

@@ -3,8 +3,10 @@
 //! same functions register in any DataFusion program and on Ballista executors.
 //!
 //! Modules: [`validate`] (input validation and normalisation), [`pii`] (hashing, masking,
-//! redaction), [`transform`] (user agents, URLs, sampling), [`identity`] (identity stitching).
+//! redaction), [`transform`] (user agents, URLs, sampling), [`enrich`] (lookups in outside
+//! APIs over HTTP), [`identity`] (identity stitching).
 
+pub mod enrich;
 pub mod identity;
 pub mod pii;
 pub mod transform;

@@ -292,9 +292,10 @@ fn pseudonymize_kernel(name: &str, args: &ScalarFunctionArgs) -> Result<Columnar
 /// `pseudonymize(value, key) -> text`: HMAC-SHA256 of the value under `key`, as 64
 /// lowercase hex digits. Unlike a plain hash, a pseudonym cannot be reversed by hashing
 /// every known email and comparing, unless the key is known; the same value and key always
-/// give the same pseudonym, so joins still work. For now `key` is the key text itself;
-/// once `CREATE SECRET` exists it will also accept a secret's name. An empty key is an
-/// error (a planning error when it is a constant).
+/// give the same pseudonym, so joins still work. Here `key` is the key text itself; a
+/// program with a secret store registers [`pseudonymize_with_secrets`] instead, where the
+/// argument names a secret. An empty key is an error (a planning error when it is a
+/// constant).
 pub fn pseudonymize_udf() -> SimpleUdf {
     SimpleUdf::new(
         "pseudonymize",
@@ -303,6 +304,106 @@ pub fn pseudonymize_udf() -> SimpleUdf {
         pseudonymize_kernel,
     )
     .with_check(check_key)
+}
+
+/// Looks secrets up by name, for [`pseudonymize_with_secrets`]: tally's secret store, or any
+/// program's own.
+pub trait SecretResolver: Send + Sync + std::fmt::Debug {
+    /// The value of the secret `name`, or why it cannot be had (unknown name, no key).
+    fn secret(&self, name: &str) -> std::result::Result<String, String>;
+}
+
+/// `pseudonymize(value, secret_name) -> text`: [`pseudonymize_udf`] with the key read from
+/// the secret the second argument names, so that the key never appears in SQL text, query
+/// logs or history. A constant name that is not a secret is a planning error.
+#[derive(Debug)]
+pub struct SecretPseudonymize {
+    resolver: Arc<dyn SecretResolver>,
+    signature: Signature,
+}
+
+/// The secret-aware `pseudonymize` over `resolver`.
+pub fn pseudonymize_with_secrets(
+    resolver: Arc<dyn SecretResolver>,
+) -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(SecretPseudonymize {
+        resolver,
+        signature: Signature::string(2, Volatility::Stable),
+    })
+}
+
+impl PartialEq for SecretPseudonymize {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.resolver, &other.resolver)
+    }
+}
+impl Eq for SecretPseudonymize {}
+impl std::hash::Hash for SecretPseudonymize {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "pseudonymize".hash(state);
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for SecretPseudonymize {
+    fn name(&self) -> &str {
+        "pseudonymize"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        if let Some(name) = literal_text("pseudonymize", "secret_name", &args, 1)?
+            && let Err(e) = self.resolver.secret(name)
+        {
+            return plan_err!("pseudonymize: argument secret_name: {e}");
+        }
+        Ok(Arc::new(datafusion::arrow::datatypes::Field::new(
+            "pseudonymize",
+            DataType::Utf8,
+            true,
+        )))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::common::ScalarValue;
+        let resolve = |name: &str| {
+            self.resolver
+                .secret(name)
+                .or_else(|e| exec_err!("pseudonymize: argument secret_name: {e}"))
+        };
+        let key = match &args.args[1] {
+            ColumnarValue::Scalar(s) => match scalar_str(s) {
+                Some(Some(name)) => ColumnarValue::Scalar(ScalarValue::Utf8(Some(resolve(name)?))),
+                Some(None) => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+                None => return exec_err!("pseudonymize: argument secret_name must be text"),
+            },
+            ColumnarValue::Array(a) => {
+                let mut resolved: std::collections::HashMap<String, String> = Default::default();
+                let mut out = StringBuilder::with_capacity(a.len(), a.len() * 16);
+                for_each_str(a.as_ref(), |name| {
+                    match name {
+                        Some(n) => {
+                            if !resolved.contains_key(n) {
+                                resolved.insert(n.to_string(), resolve(n)?);
+                            }
+                            out.append_option(resolved.get(n));
+                        }
+                        None => out.append_null(),
+                    }
+                    Ok(())
+                })?;
+                ColumnarValue::Array(Arc::new(out.finish()))
+            }
+        };
+        let mut args = args;
+        args.args[1] = key;
+        pseudonymize_kernel("pseudonymize", &args)
+    }
 }
 
 #[cfg(test)]
