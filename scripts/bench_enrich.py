@@ -3,7 +3,7 @@
 
 A lookup API runs in this process (a threaded HTTP server): `POST /lookup` with
 `{"keys": [...]}` answers, after sleeping --latency-ms (default 20), a JSON object with one
-member per key. tally (running, TALLY_PORT) gets a table of distinct keys and, per scenario,
+member per key (and `{"key": ...}` the key's value, for one key per request). tally (running, TALLY_PORT) gets a table of distinct keys and, per scenario,
 a connection to the API, then runs `SELECT count(enrich(conn, key, 'v')) FROM keys_N` and
 times it through psycopg. Each scenario reports keys/s, the ceiling its settings allow
 (rate_limit x batch_size for rate-limited ones; concurrency x batch_size / latency for the
@@ -43,9 +43,11 @@ class Api:
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(n))
-                keys = body.get("keys", [])
+                single = "key" in body
+                keys = [body["key"]] if single else body.get("keys", [])
                 time.sleep(api.latency)
-                out = json.dumps({k: {"v": len(k)} for k in keys}).encode()
+                answer = {"v": len(keys[0])} if single else {k: {"v": len(k)} for k in keys}
+                out = json.dumps(answer).encode()
                 with api.lock:
                     api.requests += 1
                     api.keys += len(keys)
@@ -90,6 +92,8 @@ def main() -> None:
             f"SELECT 'key-' || v AS key FROM generate_series(1, {n}) AS t(v)"
         )
         limit = f", rate_limit = {rate}" if rate else ""
+        # One key per request: POST {"key": ...}, answered with the key's value.
+        limit += ", method = 'POST'" if batch == 1 else ""
         conn.execute(
             f"CREATE CONNECTION c{i} TYPE http WITH (url = 'http://127.0.0.1:{port}/lookup', "
             f"batch_size = {batch}, concurrency = {conc}{limit}, allow_private = 'true')"

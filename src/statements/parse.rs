@@ -251,6 +251,7 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
         1 => {
             let mut stmt = stmts.remove(0);
             super::rewrite::like_escape(&mut stmt);
+            super::rewrite::composite_field_access(&mut stmt);
             super::rewrite::alias_column_casts(&mut stmt);
             super::rewrite::name_scalar_subqueries(&mut stmt);
             crate::engine::pg_queries::rewrite(&mut stmt);

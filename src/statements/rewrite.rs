@@ -7,6 +7,27 @@ use datafusion::sql::sqlparser::ast::{
     ObjectName, Statement, Value, visit_expressions_mut,
 };
 
+/// PostgreSQL's composite field selection `(expr).field` (as in
+/// `(verify_email('zb', email)).status`) becomes `expr['field']`, which DataFusion plans as a
+/// struct field access; it refuses the dot form on anything but a column.
+pub fn composite_field_access(stmt: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{AccessExpr, Subscript};
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::CompoundFieldAccess { root, access_chain } = e
+            && matches!(**root, Expr::Nested(_) | Expr::Function(_))
+        {
+            for access in access_chain.iter_mut() {
+                if let AccessExpr::Dot(Expr::Identifier(id)) = access {
+                    *access = AccessExpr::Subscript(Subscript::Index {
+                        index: Expr::Value(Value::SingleQuotedString(id.value.clone()).into()),
+                    });
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// `a [NOT] LIKE|ILIKE p ESCAPE 'c'` with an escape character other than backslash (which
 /// DataFusion refuses) becomes `[NOT] pg_like(a, p, 'c', case_insensitive)`.
 pub fn like_escape(stmt: &mut Statement) {

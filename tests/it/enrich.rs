@@ -642,7 +642,7 @@ async fn verify_email_speaks_zerobounce() {
     .expect("single");
     let one = rows(
         &c,
-        "SELECT get_field(verify_email('zb1', 'nobody@example.com'), 'status') AS s",
+        "SELECT (verify_email('zb1', 'nobody@example.com')).status AS s",
     )
     .await;
     assert_eq!(one[0]["s"], "invalid");
