@@ -138,6 +138,7 @@ impl Engine {
             .map_err(|e| TallyError::Internal(format!("pg_catalog setup failed: {e}")))?;
         tally_udfs::register_all(&ctx);
         crate::collect::pull::register(&ctx);
+        crate::collect::table_fn::register(&ctx, catalog.clone());
         pg_compat::register(&ctx);
         pg_overrides::install(&ctx, catalog.clone()).await?;
         let timestamp_text = Arc::new(pg_text::TimestampText::udf());

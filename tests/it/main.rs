@@ -19,4 +19,5 @@ mod storage;
 mod streams;
 mod sync_resume;
 mod syncs;
+mod tracking_plans;
 mod wire;
