@@ -123,7 +123,7 @@ impl TallyError {
                 "schema" => "3F000",
                 "column" => "42703",
                 "user" | "role" | "source" | "identity graph" | "destination" | "sync"
-                | "route" | "secret" | "connection" => "42704",
+                | "route" | "secret" | "connection" | "tracking plan" => "42704",
                 "function" => "42883",
                 "prepared statement" => "26000",
                 "cursor" => "34000",
@@ -133,7 +133,7 @@ impl TallyError {
             TallyError::AlreadyExists { kind, .. } => match *kind {
                 "schema" => "42P06",
                 "user" | "role" | "source" | "identity graph" | "destination" | "sync"
-                | "route" | "secret" | "connection" => "42710",
+                | "route" | "secret" | "connection" | "tracking plan" => "42710",
                 "prepared statement" => "42P05",
                 "cursor" => "42P03",
                 _ => "42P07",

@@ -49,6 +49,9 @@ pub struct CatalogDoc {
     /// Event sources created with `CREATE SOURCE`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceEntry>,
+    /// Tracking plans created with `CREATE TRACKING PLAN`, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tracking_plans: BTreeMap<String, TrackingPlanEntry>,
     /// Identity graphs created with `CREATE IDENTITY GRAPH`, by `schema.name`.
     #[serde(default)]
     pub identity_graphs: BTreeMap<String, IdentityGraphEntry>,
@@ -304,6 +307,58 @@ pub struct SourceEntry {
     /// When the write key was last rotated (RFC 3339).
     #[serde(default)]
     pub key_rotated_at: Option<String>,
+    /// The tracking plan the source's events are checked against, if any
+    /// (`ALTER SOURCE ... SET TRACKING PLAN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_plan: Option<SourcePlan>,
+}
+
+/// A source's tracking plan and what happens to an event that violates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePlan {
+    /// The plan's name (a key of [`CatalogDoc::tracking_plans`]).
+    pub plan: String,
+    /// Flag or block.
+    pub mode: PlanMode,
+    /// When the plan was set on the source (RFC 3339).
+    pub set_at: String,
+}
+
+/// What a tracking plan does with an event that violates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanMode {
+    /// The event is stored, with its violations in a `violations` column and in
+    /// `<source>._violations`.
+    Flag,
+    /// The event goes to `<source>._rejected` with its violations instead of its tables.
+    Block,
+}
+
+impl PlanMode {
+    /// `flag` or `block`, as SQL writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanMode::Flag => "flag",
+            PlanMode::Block => "block",
+        }
+    }
+}
+
+/// A tracking plan: per event name a JSON Schema for its properties, and schemas for
+/// identify and group traits. The plan is kept as the JSON document it was created from
+/// (checked when created), and compiled by the collector when a source uses it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrackingPlanEntry {
+    /// The plan document (JSON text, as checked by `collect::plans::PlanDoc::parse`).
+    pub plan: String,
+    /// The URL it was read from, when it was not given inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// A fresh id per CREATE [OR REPLACE], so compiled plans are cached per revision.
+    pub revision: String,
+    /// When it was created or last replaced (RFC 3339).
+    pub created_at: String,
 }
 
 /// A schema and its relations (tables, views and external tables share one namespace).

@@ -5,6 +5,10 @@
 //! flattened with `_` (`context.page.url` becomes `context_page_url`); arrays are kept as
 //! JSON text.
 //!
+//! A source under a tracking plan in flag mode gets a `violations` column (JSON text, null
+//! for a clean event) in the tables of each checked event, and one row per violation in
+//! `_violations`; a message a plan blocked lands in `_rejected` with its `violations`.
+//!
 //! Types follow the values: strings are `text`, numbers `double precision`, booleans
 //! `boolean`, and the spec's time fields `timestamptz`. A column keeps the type it was
 //! created with; a value of another type goes to the sibling column `<name>_text` as text,
@@ -46,10 +50,17 @@ pub const RESERVED_TABLES: &[&str] = &[
     "aliases",
     "users",
     "_rejected",
+    "_violations",
 ];
 
 /// The table of rejected messages.
 pub const REJECTED_TABLE: &str = "_rejected";
+
+/// The table of tracking plan violations, one row per violation of a flagged message.
+pub const VIOLATIONS_TABLE: &str = "_violations";
+
+/// The column of an event's tracking plan violations.
+pub const VIOLATIONS_COLUMN: &str = "violations";
 
 /// Longest identifier, as in PostgreSQL.
 const MAX_IDENT: usize = 63;
@@ -149,6 +160,9 @@ pub enum Cell {
     Bool(bool),
     /// A time.
     Time(DateTime<Utc>),
+    /// No value, but the column must exist with this type (null in this row): a table whose
+    /// rows may all lack a value still gets the column, so queries over it plan.
+    Declared(ColType),
 }
 
 impl Cell {
@@ -158,11 +172,13 @@ impl Cell {
             Cell::Number(_) => ColType::Number,
             Cell::Bool(_) => ColType::Bool,
             Cell::Time(_) => ColType::Time,
+            Cell::Declared(t) => *t,
         }
     }
 
     fn into_text(self) -> String {
         match self {
+            Cell::Declared(_) => String::new(),
             Cell::Text(s) => s,
             Cell::Number(n) => serde_json::Number::from_f64(n)
                 .map(|n| n.to_string())
@@ -226,6 +242,7 @@ impl Values {
     /// Pushes `cell` if it has this column's type; gives it back otherwise.
     fn push(&mut self, cell: Cell) -> Option<Cell> {
         match (self, cell) {
+            (v, Cell::Declared(_)) => v.push_null(),
             (Values::Text(b), c) => b.append_value(c.into_text()),
             (Values::Number(b), Cell::Number(n)) => b.append_value(n),
             (Values::Bool(b), Cell::Bool(x)) => b.append_value(x),
@@ -303,6 +320,9 @@ impl TableRows {
     pub fn push_row(&mut self, cells: Vec<(String, Cell)>) {
         for (name, cell) in cells {
             let idx = self.column(&name, cell.col_type());
+            if matches!(cell, Cell::Declared(_)) {
+                continue;
+            }
             if self.columns[idx].values.len() > self.rows {
                 // The same column twice in one message (two keys that snake_case alike):
                 // the first value wins, the later one goes to the text sibling.
@@ -432,7 +452,13 @@ fn is_reserved_column(name: &str) -> bool {
         || name.starts_with("context_")
         || matches!(
             name,
-            "event" | "event_text" | "name" | "category" | "group_id" | "previous_id"
+            "event"
+                | "event_text"
+                | "name"
+                | "category"
+                | "group_id"
+                | "previous_id"
+                | VIOLATIONS_COLUMN
         )
 }
 
@@ -454,7 +480,7 @@ fn flatten_payload(prefix: &str, obj: Option<&Value>, out: &mut Vec<(String, Cel
 /// The traits of an identify call. RudderStack's SDKs send them as `context.traits` only, while
 /// Segment's send top-level `traits`; like RudderStack's warehouse loader, both are merged, the
 /// top-level value winning, so the `users` view gets the traits whichever SDK sent them.
-fn identify_traits(body: &Map<String, Value>) -> Option<Value> {
+pub fn identify_traits(body: &Map<String, Value>) -> Option<Value> {
     let top = body.get("traits").and_then(Value::as_object);
     let ctx = body
         .get("context")
@@ -475,8 +501,91 @@ fn identify_traits(body: &Map<String, Value>) -> Option<Value> {
     }
 }
 
-/// The rows one message contributes: `(table, cells)` pairs.
+/// The rows one message contributes: `(table, cells)` pairs. A message checked against a
+/// tracking plan in flag mode (it carries the collector's [`META_KEY`]) also gets its
+/// `violations` cell in each of its tables and a `_violations` row per violation.
+///
+/// [`META_KEY`]: super::plans::META_KEY
 pub fn rows_of(
+    kind: Kind,
+    body: &Map<String, Value>,
+    loaded_at: DateTime<Utc>,
+) -> Vec<(String, Vec<(String, Cell)>)> {
+    let mut rows = message_rows(kind, body, loaded_at);
+    let Some(Value::Object(meta)) = body.get(super::plans::META_KEY) else {
+        return rows;
+    };
+    let violations = match meta.get("violations") {
+        Some(Value::Array(v)) => v.as_slice(),
+        _ => &[],
+    };
+    let cell = if violations.is_empty() {
+        Cell::Declared(ColType::Text)
+    } else {
+        Cell::Text(Value::Array(violations.to_vec()).to_string())
+    };
+    for (_, cells) in &mut rows {
+        cells.push((VIOLATIONS_COLUMN.to_string(), cell.clone()));
+    }
+    let plan = meta.get("plan").and_then(Value::as_str);
+    for v in violations {
+        rows.push((
+            VIOLATIONS_TABLE.to_string(),
+            violation_row(kind, body, plan, v, loaded_at),
+        ));
+    }
+    rows
+}
+
+/// One `_violations` row. Every column is written (null when there is no value), so the
+/// table has its full shape from its first row and `tracking_plan_report` can rely on it.
+fn violation_row(
+    kind: Kind,
+    body: &Map<String, Value>,
+    plan: Option<&str>,
+    violation: &Value,
+    loaded_at: DateTime<Utc>,
+) -> Vec<(String, Cell)> {
+    let text = |v: Option<&str>| match v {
+        Some(s) => Cell::Text(s.to_string()),
+        None => Cell::Declared(ColType::Text),
+    };
+    let time = |key: &str| match body.get(key).and_then(parse_time) {
+        Some(t) => Cell::Time(t),
+        None => Cell::Declared(ColType::Time),
+    };
+    let field = |key: &str| text(violation.get(key).and_then(Value::as_str));
+    let event = match kind {
+        Kind::Track => body.get("event").and_then(Value::as_str),
+        _ => None,
+    };
+    vec![
+        (
+            "message_id".into(),
+            text(body.get("messageId").and_then(Value::as_str)),
+        ),
+        ("type".into(), Cell::Text(kind.as_str().to_string())),
+        ("event".into(), text(event)),
+        ("property".into(), field("property")),
+        ("path".into(), field("path")),
+        ("kind".into(), field("kind")),
+        ("message".into(), field("message")),
+        ("plan".into(), text(plan)),
+        (
+            "user_id".into(),
+            text(body.get("userId").and_then(Value::as_str)),
+        ),
+        (
+            "anonymous_id".into(),
+            text(body.get("anonymousId").and_then(Value::as_str)),
+        ),
+        ("timestamp".into(), time("timestamp")),
+        ("received_at".into(), time("receivedAt")),
+        ("loaded_at".into(), Cell::Time(loaded_at)),
+    ]
+}
+
+fn message_rows(
     kind: Kind,
     body: &Map<String, Value>,
     loaded_at: DateTime<Utc>,
@@ -538,6 +647,9 @@ pub fn rejected_row(payload: &Value, loaded_at: DateTime<Utc>) -> Vec<(String, C
         if let Some(t) = o.get("received_at").and_then(parse_time) {
             cells.push(("received_at".to_string(), Cell::Time(t)));
         }
+        if let Some(v @ Value::Array(_)) = o.get("violations") {
+            cells.push((VIOLATIONS_COLUMN.to_string(), Cell::Text(v.to_string())));
+        }
     }
     cells
 }
@@ -554,7 +666,10 @@ pub fn users_view_sql(schema: &str, identifies: &Schema) -> String {
     ];
     for f in identifies.fields() {
         let n = f.name();
-        if COMMON_COLUMNS.contains(&n.as_str()) || n.starts_with("context_") {
+        if COMMON_COLUMNS.contains(&n.as_str())
+            || n.starts_with("context_")
+            || n == VIOLATIONS_COLUMN
+        {
             continue;
         }
         cols.push(format!(
@@ -629,6 +744,55 @@ mod tests {
         ] {
             assert!(own.contains(&expected), "{expected} missing from {own:?}");
         }
+    }
+
+    #[test]
+    fn flagged_messages_get_a_violations_column_and_rows() {
+        let body = json!({"type": "track", "messageId": "m1", "userId": "u1", "event": "Order Completed",
+            "properties": {"total": "x", "violations": 3},
+            "_tally": {"plan": "shop", "violations": [
+                {"path": "/properties/total", "property": "total", "kind": "type", "message": "not a number"}]}});
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        let rows = rows_of(Kind::Track, &body, Utc::now());
+        let tables: Vec<_> = rows.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tables, vec!["tracks", "order_completed", "_violations"]);
+        for (_, cells) in &rows[..2] {
+            let v = cells
+                .iter()
+                .find(|(c, _)| c == "violations")
+                .map(|(_, v)| v);
+            assert!(matches!(v, Some(Cell::Text(t)) if t.contains("/properties/total")));
+        }
+        // A property called `violations` does not take the column.
+        assert!(rows[1].1.iter().any(|(c, _)| c == "property_violations"));
+        let mut t = TableRows::new(&Schema::empty());
+        t.push_row(rows[2].1.clone());
+        let b = t.finish().expect("batch");
+        for col in [
+            "message_id",
+            "event",
+            "property",
+            "kind",
+            "plan",
+            "received_at",
+        ] {
+            assert!(b.schema().field_with_name(col).is_ok(), "{col}");
+        }
+
+        // A clean message under a plan: the column exists, null.
+        let clean = json!({"type": "identify", "userId": "u1", "_tally": {"plan": "shop", "violations": []}});
+        let Value::Object(clean) = clean else {
+            unreachable!()
+        };
+        let rows = rows_of(Kind::Identify, &clean, Utc::now());
+        assert_eq!(rows.len(), 1);
+        let mut t = TableRows::new(&Schema::empty());
+        t.push_row(rows[0].1.clone());
+        let b = t.finish().expect("batch");
+        let col = b.column_by_name("violations").expect("violations column");
+        assert_eq!(col.null_count(), 1);
     }
 
     #[test]

@@ -5,16 +5,21 @@
 //! write-ahead log ([`wal`]) and acknowledged once the log is fsynced. The [`flush`]er moves
 //! the log into Delta tables laid out as the Segment warehouse destinations do ([`layout`]).
 //! Sources are catalog objects managed with SQL ([`sources`]); `tally.sources` and
-//! `tally.source_stats` show them ([`system`]). Data tally fetches itself (HTTP APIs and
+//! `tally.source_stats` show them ([`system`]). A source can be put under a tracking plan
+//! ([`plans`]) that flags or blocks events off the plan; [`shapes`] learns what a source's
+//! events usually look like and flags anomalies. Data tally fetches itself (HTTP APIs and
 //! attached databases) is [`pull`] collection.
 
 pub mod flush;
 pub mod http;
 pub mod layout;
 pub mod message;
+pub mod plans;
 pub mod pull;
+pub mod shapes;
 pub mod sources;
 pub mod system;
+pub mod table_fn;
 pub mod wal;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +35,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::catalog::PlanMode;
 use crate::config::CollectConfig;
 use crate::engine::Engine;
 use crate::error::{Result, TallyError};
@@ -41,8 +47,10 @@ use wal::{NewRecord, RecordKind, Wal};
 pub struct SourceCounters {
     /// Messages accepted (durable in the log).
     pub accepted: AtomicU64,
-    /// Messages that went to `_rejected`.
+    /// Messages that went to `_rejected` (tracking plan blocks included).
     pub rejected: AtomicU64,
+    /// Messages stored with tracking plan violations (flag mode).
+    pub flagged: AtomicU64,
     /// Messages acknowledged but not stored again because their messageId was seen.
     pub duplicates: AtomicU64,
     /// Log records (messages and rejections) written into tables.
@@ -134,6 +142,13 @@ pub struct Outcome {
     pub duplicates: usize,
     /// Messages that went to `_rejected`, by position in the request.
     pub rejected: Vec<(usize, Rejection)>,
+    /// Messages a tracking plan in block mode sent to `_rejected`. They are acknowledged as
+    /// received (Segment answers 200 for them too): the message was well-formed and is kept
+    /// in `_rejected`, and a client retry would not change the verdict (within the dedupe
+    /// window its messageId counts as seen).
+    pub blocked: usize,
+    /// Messages stored with tracking plan violations (flag mode).
+    pub flagged: usize,
 }
 
 /// One message of a request: its JSON text as received.
@@ -151,6 +166,7 @@ pub struct Collector {
     last_key_refresh: Mutex<std::time::Instant>,
     dedupe: Mutex<Dedupe>,
     hashers: (RandomState, RandomState),
+    plans: plans::PlanCache,
 }
 
 impl std::fmt::Debug for Collector {
@@ -237,6 +253,7 @@ impl Collector {
             last_key_refresh: Mutex::new(std::time::Instant::now()),
             dedupe: Mutex::new(dedupe),
             hashers: (RandomState::new(), RandomState::new()),
+            plans: plans::PlanCache::default(),
         });
         collector.remember_pending_ids()?;
         let flusher =
@@ -321,6 +338,11 @@ impl Collector {
 
     /// Validates, de-duplicates and durably logs the messages of one request. Returns once
     /// every accepted message and every rejection is fsynced.
+    ///
+    /// A source under a tracking plan has each new message checked here, before the log
+    /// (see [`plans`] for why here and not in the flusher): in flag mode the message is
+    /// logged with its violations under [`plans::META_KEY`], in block mode a violating
+    /// message is logged as a rejection instead.
     pub async fn ingest(
         &self,
         source: &Arc<str>,
@@ -334,6 +356,9 @@ impl Collector {
         let mut out = Outcome::default();
         let mut records = Vec::with_capacity(messages.len());
         let mut claimed = Vec::new();
+        let plan = self
+            .plans
+            .for_source(&self.engine.catalog.current(), source);
         for (i, raw) in messages.into_iter().enumerate() {
             let parsed: std::result::Result<Value, Rejection> = serde_json::from_str(raw.text)
                 .map_err(|e| Rejection {
@@ -343,7 +368,9 @@ impl Collector {
             match parsed
                 .and_then(|v| message::normalize(v, kind, defaults, received_at, raw.text.len()))
             {
-                Ok(n) => {
+                Ok(mut n) => {
+                    // Only the collector records plan outcomes.
+                    n.body.remove(plans::META_KEY);
                     if n.id_given {
                         let key = self.id_key(source, &n.message_id);
                         if !self.dedupe.lock().insert(key, now) {
@@ -351,6 +378,34 @@ impl Collector {
                             continue;
                         }
                         claimed.push(key);
+                    }
+                    if let Some(active) = &plan {
+                        let violations = active.plan.check(n.kind, &n.body);
+                        match active.mode {
+                            PlanMode::Block if !violations.is_empty() => {
+                                let rej = Rejection {
+                                    code: "tracking_plan",
+                                    message: active.block_reason(&violations),
+                                };
+                                let extra = serde_json::json!({
+                                    "plan": active.plan.name,
+                                    "violations": violations,
+                                });
+                                let mut rec = rejection_record(source, &rej, raw.text, received_at);
+                                add_to_payload(&mut rec, extra);
+                                records.push(rec);
+                                out.blocked += 1;
+                                continue;
+                            }
+                            PlanMode::Block => {}
+                            PlanMode::Flag => {
+                                if !violations.is_empty() {
+                                    out.flagged += 1;
+                                }
+                                n.body
+                                    .insert(plans::META_KEY.into(), active.meta(&violations));
+                            }
+                        }
                     }
                     let payload = serde_json::to_vec(&Value::Object(n.body)).map_err(|e| {
                         TallyError::Internal(format!("cannot encode a message: {e}"))
@@ -378,7 +433,8 @@ impl Collector {
         let c = self.engine.collect_stats.source(source);
         c.accepted.fetch_add(out.accepted as u64, Ordering::Relaxed);
         c.rejected
-            .fetch_add(out.rejected.len() as u64, Ordering::Relaxed);
+            .fetch_add((out.rejected.len() + out.blocked) as u64, Ordering::Relaxed);
+        c.flagged.fetch_add(out.flagged as u64, Ordering::Relaxed);
         c.duplicates
             .fetch_add(out.duplicates as u64, Ordering::Relaxed);
         c.bytes.fetch_add(request_bytes as u64, Ordering::Relaxed);
@@ -406,6 +462,18 @@ impl Collector {
     /// The settings in use.
     pub fn config(&self) -> &CollectConfig {
         &self.config
+    }
+}
+
+/// Adds the fields of `extra` (an object) to a rejection record's payload.
+fn add_to_payload(rec: &mut NewRecord, extra: Value) {
+    if let (Ok(Value::Object(mut payload)), Value::Object(extra)) =
+        (serde_json::from_slice::<Value>(&rec.payload), extra)
+    {
+        payload.extend(extra);
+        if let Ok(bytes) = serde_json::to_vec(&Value::Object(payload)) {
+            rec.payload = bytes;
+        }
     }
 }
 

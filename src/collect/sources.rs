@@ -1,5 +1,7 @@
 //! Sources in SQL: `CREATE SOURCE [IF NOT EXISTS] name TYPE tracking_api`, `ALTER SOURCE
-//! name ROTATE WRITE KEY`, `DROP SOURCE [IF EXISTS] name [, ...]`.
+//! name ROTATE WRITE KEY`, `ALTER SOURCE name SET TRACKING PLAN plan [MODE flag | block]`,
+//! `ALTER SOURCE name DROP TRACKING PLAN` (or `SET TRACKING PLAN NONE`), `DROP SOURCE
+//! [IF EXISTS] name [, ...]`.
 //!
 //! A source is a catalog object with a write key; its events land in the schema of the same
 //! name, which CREATE SOURCE creates when absent. Dropping a source revokes its key and
@@ -11,7 +13,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use crate::catalog::{SYSTEM_SCHEMAS, SourceEntry};
+use crate::catalog::{PlanMode, SYSTEM_SCHEMAS, SourceEntry, SourcePlan};
 use crate::engine::Session;
 use crate::error::{Result, TallyError};
 use crate::statements::{Completion, Output, change_catalog};
@@ -35,6 +37,14 @@ pub enum SourceStatement {
     RotateKey {
         /// Source name.
         name: String,
+    },
+    /// `ALTER SOURCE name SET TRACKING PLAN plan [MODE flag | block]`, or with no plan
+    /// `ALTER SOURCE name DROP TRACKING PLAN` / `SET TRACKING PLAN NONE`.
+    SetTrackingPlan {
+        /// Source name.
+        name: String,
+        /// The plan and its mode; `None` takes the source off its plan.
+        plan: Option<(String, PlanMode)>,
     },
     /// `DROP SOURCE`.
     Drop {
@@ -102,8 +112,41 @@ pub fn parse(text: &str) -> Result<SourceStatement> {
             if kw(i + 1, "rotate") && kw(i + 2, "write") && kw(i + 3, "key") && toks.len() == i + 4
             {
                 Ok(SourceStatement::RotateKey { name })
+            } else if kw(i + 1, "drop")
+                && kw(i + 2, "tracking")
+                && kw(i + 3, "plan")
+                && toks.len() == i + 4
+            {
+                Ok(SourceStatement::SetTrackingPlan { name, plan: None })
+            } else if kw(i + 1, "set") && kw(i + 2, "tracking") && kw(i + 3, "plan") {
+                let j = i + 4;
+                if kw(j, "none") && toks.len() == j + 1 {
+                    return Ok(SourceStatement::SetTrackingPlan { name, plan: None });
+                }
+                let plan = ident(j).ok_or_else(|| syntax("SET TRACKING PLAN needs a plan name"))?;
+                let mode = if toks.len() == j + 1 {
+                    PlanMode::Flag
+                } else if kw(j + 1, "mode") && toks.len() == j + 3 {
+                    if kw(j + 2, "flag") {
+                        PlanMode::Flag
+                    } else if kw(j + 2, "block") {
+                        PlanMode::Block
+                    } else {
+                        return Err(syntax("tracking plan MODE is flag or block"));
+                    }
+                } else {
+                    return Err(syntax(
+                        "ALTER SOURCE name SET TRACKING PLAN plan [MODE flag | block]",
+                    ));
+                };
+                Ok(SourceStatement::SetTrackingPlan {
+                    name,
+                    plan: Some((plan, mode)),
+                })
             } else {
-                Err(syntax("ALTER SOURCE supports ROTATE WRITE KEY"))
+                Err(syntax(
+                    "ALTER SOURCE supports ROTATE WRITE KEY, SET TRACKING PLAN plan [MODE flag | block] and DROP TRACKING PLAN",
+                ))
             }
         }
         "drop" => {
@@ -182,6 +225,7 @@ pub async fn execute(session: &mut Session, stmt: SourceStatement) -> Result<Out
                         write_key: key.clone(),
                         created_at: now.clone(),
                         key_rotated_at: None,
+                        tracking_plan: None,
                     },
                 );
                 doc.schemas.entry(name.clone()).or_default();
@@ -210,6 +254,50 @@ pub async fn execute(session: &mut Session, stmt: SourceStatement) -> Result<Out
                 Ok(())
             })
             .await?;
+            Ok(Output::Command(Completion::tag("ALTER SOURCE")))
+        }
+        SourceStatement::SetTrackingPlan { name, plan } => {
+            if session.catalog.in_transaction() {
+                return Err(TallyError::Transaction {
+                    code: "25001",
+                    message: "ALTER SOURCE ... TRACKING PLAN cannot run inside a transaction block"
+                        .into(),
+                });
+            }
+            let now = Utc::now().to_rfc3339();
+            session
+                .catalog
+                .store()
+                .mutate(|doc| {
+                    if let Some((p, _)) = &plan
+                        && !doc.tracking_plans.contains_key(p)
+                    {
+                        return Err(TallyError::NotFound {
+                            kind: "tracking plan",
+                            name: p.clone(),
+                        });
+                    }
+                    let s = doc
+                        .sources
+                        .get_mut(&name)
+                        .ok_or_else(|| TallyError::NotFound {
+                            kind: "source",
+                            name: name.clone(),
+                        })?;
+                    s.tracking_plan = plan.as_ref().map(|(p, mode)| SourcePlan {
+                        plan: p.clone(),
+                        mode: *mode,
+                        set_at: now.clone(),
+                    });
+                    Ok(())
+                })
+                .await?;
+            match &plan {
+                Some((p, mode)) => {
+                    tracing::info!(source = %name, plan = %p, mode = mode.as_str(), "source put under a tracking plan")
+                }
+                None => tracing::info!(source = %name, "source taken off its tracking plan"),
+            }
             Ok(Output::Command(Completion::tag("ALTER SOURCE")))
         }
         SourceStatement::Drop { names, if_exists } => {
@@ -273,6 +361,34 @@ mod tests {
         );
         assert!(parse("CREATE SOURCE web").is_err());
         assert!(parse("ALTER SOURCE web SET x").is_err());
+        assert_eq!(
+            parse("ALTER SOURCE web SET TRACKING PLAN Shop MODE block").expect("parse"),
+            SourceStatement::SetTrackingPlan {
+                name: "web".into(),
+                plan: Some(("shop".into(), PlanMode::Block))
+            }
+        );
+        assert_eq!(
+            parse("alter source web set tracking plan shop").expect("parse"),
+            SourceStatement::SetTrackingPlan {
+                name: "web".into(),
+                plan: Some(("shop".into(), PlanMode::Flag))
+            }
+        );
+        for text in [
+            "ALTER SOURCE web DROP TRACKING PLAN",
+            "ALTER SOURCE web SET TRACKING PLAN NONE",
+        ] {
+            assert_eq!(
+                parse(text).expect("parse"),
+                SourceStatement::SetTrackingPlan {
+                    name: "web".into(),
+                    plan: None
+                }
+            );
+        }
+        assert!(parse("ALTER SOURCE web SET TRACKING PLAN shop MODE loud").is_err());
+        assert!(parse("ALTER SOURCE web SET TRACKING PLAN").is_err());
     }
 
     #[test]

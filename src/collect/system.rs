@@ -1,7 +1,7 @@
 //! The `tally` system schema's collection tables: `tally.sources` (one row per source, with
-//! its write key) and `tally.source_stats` (counters since the server started, and the
-//! write-ahead log backlog). Both are computed when a statement plans them, so they are
-//! always current.
+//! its write key and tracking plan), `tally.source_stats` (counters since the server
+//! started, and the write-ahead log backlog) and `tally.tracking_plans`. All are computed
+//! when a statement plans them, so they are always current.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, SchemaProvider};
@@ -51,6 +52,8 @@ impl TallySchema {
             Field::new("schema_name", DataType::Utf8, false),
             Field::new("created_at", ts(), true),
             Field::new("key_rotated_at", ts(), true),
+            Field::new("tracking_plan", DataType::Utf8, true),
+            Field::new("tracking_plan_mode", DataType::Utf8, true),
         ]));
         let parse = |s: &str| {
             chrono::DateTime::parse_from_rfc3339(s)
@@ -81,11 +84,87 @@ impl TallySchema {
             ),
             Arc::new(
                 TimestampMicrosecondArray::from(
-                    s.map(|(_, e)| e.key_rotated_at.as_deref().and_then(parse))
+                    s.clone()
+                        .map(|(_, e)| e.key_rotated_at.as_deref().and_then(parse))
                         .collect::<Vec<_>>(),
                 )
                 .with_timezone("UTC"),
             ),
+            Arc::new(StringArray::from_iter(
+                s.clone()
+                    .map(|(_, e)| e.tracking_plan.as_ref().map(|p| p.plan.as_str())),
+            )),
+            Arc::new(StringArray::from_iter(
+                s.map(|(_, e)| e.tracking_plan.as_ref().map(|p| p.mode.as_str())),
+            )),
+        ];
+        mem(schema, columns)
+    }
+
+    /// `tally.tracking_plans`: one row per plan, with the events it plans and the sources
+    /// that use it.
+    fn tracking_plans(&self) -> DFResult<Arc<dyn TableProvider>> {
+        let doc = self.catalog.current();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("events", text_list(), true),
+            Field::new("event_count", DataType::Int64, false),
+            Field::new("identify_traits", DataType::Boolean, false),
+            Field::new("group_traits", DataType::Boolean, false),
+            Field::new("allow_unplanned_events", DataType::Boolean, false),
+            Field::new("sources", text_list(), true),
+            Field::new("origin", DataType::Utf8, true),
+            Field::new("created_at", ts(), true),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let mut names = Vec::new();
+        let mut events = ListBuilder::new(StringBuilder::new());
+        let mut counts = Vec::new();
+        let mut identify = Vec::new();
+        let mut group = Vec::new();
+        let mut unplanned = Vec::new();
+        let mut sources = ListBuilder::new(StringBuilder::new());
+        let mut origins = Vec::new();
+        let mut created = Vec::new();
+        let mut plans = Vec::new();
+        for (name, entry) in &doc.tracking_plans {
+            // Stored plans were checked at CREATE; one that no longer parses still shows.
+            let parsed = super::plans::PlanDoc::parse(&entry.plan).ok();
+            names.push(name.as_str());
+            let event_names = parsed.as_ref().map(|p| p.event_names()).unwrap_or_default();
+            counts.push(event_names.len() as i64);
+            for e in event_names {
+                events.values().append_value(e);
+            }
+            events.append(true);
+            identify.push(parsed.as_ref().is_some_and(|p| p.identify.is_some()));
+            group.push(parsed.as_ref().is_some_and(|p| p.group.is_some()));
+            unplanned.push(parsed.as_ref().is_none_or(|p| p.allow_unplanned_events));
+            for (source, s) in &doc.sources {
+                if s.tracking_plan.as_ref().is_some_and(|p| &p.plan == name) {
+                    sources.values().append_value(source);
+                }
+            }
+            sources.append(true);
+            origins.push(entry.origin.as_deref());
+            created.push(
+                chrono::DateTime::parse_from_rfc3339(&entry.created_at)
+                    .ok()
+                    .map(|t| t.timestamp_micros()),
+            );
+            plans.push(entry.plan.as_str());
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names)),
+            Arc::new(events.finish()),
+            Arc::new(Int64Array::from(counts)),
+            Arc::new(BooleanArray::from(identify)),
+            Arc::new(BooleanArray::from(group)),
+            Arc::new(BooleanArray::from(unplanned)),
+            Arc::new(sources.finish()),
+            Arc::new(StringArray::from(origins)),
+            Arc::new(TimestampMicrosecondArray::from(created).with_timezone("UTC")),
+            Arc::new(StringArray::from(plans)),
         ];
         mem(schema, columns)
     }
@@ -111,6 +190,7 @@ impl TallySchema {
             Field::new("source", DataType::Utf8, false),
             Field::new("accepted", DataType::Int64, false),
             Field::new("rejected", DataType::Int64, false),
+            Field::new("flagged", DataType::Int64, false),
             Field::new("duplicates", DataType::Int64, false),
             Field::new("flushed", DataType::Int64, false),
             Field::new("bytes_received", DataType::Int64, false),
@@ -134,6 +214,7 @@ impl TallySchema {
             Arc::new(StringArray::from_iter_values(names.iter())),
             u(&|c| c.accepted.load(Ordering::Relaxed)),
             u(&|c| c.rejected.load(Ordering::Relaxed)),
+            u(&|c| c.flagged.load(Ordering::Relaxed)),
             u(&|c| c.duplicates.load(Ordering::Relaxed)),
             u(&|c| c.flushed.load(Ordering::Relaxed)),
             u(&|c| c.bytes.load(Ordering::Relaxed)),
@@ -148,6 +229,11 @@ fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// `text[]`, as `ListBuilder<StringBuilder>` builds it.
+fn text_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
 fn mem(schema: SchemaRef, columns: Vec<ArrayRef>) -> DFResult<Arc<dyn TableProvider>> {
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(DataFusionError::from)?;
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
@@ -156,6 +242,7 @@ fn mem(schema: SchemaRef, columns: Vec<ArrayRef>) -> DFResult<Arc<dyn TableProvi
 const TABLES: &[&str] = &[
     "sources",
     "source_stats",
+    "tracking_plans",
     "identity_graphs",
     "destinations",
     "rejected_rows",
@@ -175,6 +262,7 @@ impl SchemaProvider for TallySchema {
         match name {
             "sources" => self.sources().map(Some),
             "source_stats" => self.source_stats().map(Some),
+            "tracking_plans" => self.tracking_plans().map(Some),
             "identity_graphs" => {
                 crate::identity::system::identity_graphs_table(&self.catalog.current()).map(Some)
             }

@@ -53,6 +53,7 @@ pub fn config_of(
     name: &str,
     entry: &ConnectionEntry,
     secrets: &SecretStore,
+    doc: &crate::catalog::CatalogDoc,
 ) -> Result<ConnectionConfig> {
     let kind =
         ConnectionKind::parse(&entry.connection_type).ok_or_else(|| TallyError::InvalidValue {
@@ -64,7 +65,7 @@ pub fn config_of(
             ),
         })?;
     let secret = match entry.options.get("secret") {
-        Some(s) => Some(secrets.reveal(s).map_err(|e| match e {
+        Some(s) => Some(secrets.reveal_in(doc, s).map_err(|e| match e {
             TallyError::NotFound { name, .. } => TallyError::InvalidValue {
                 code: "42704",
                 message: format!(
@@ -127,10 +128,11 @@ impl ConnectionRegistry for CatalogConnections {
         {
             return Ok(c.clone());
         }
-        let config = config_of(name, entry, &self.secrets).map_err(|e| EnrichError::Option {
-            option: "secret".into(),
-            message: e.to_string(),
-        })?;
+        let config =
+            config_of(name, entry, &self.secrets, &doc).map_err(|e| EnrichError::Option {
+                option: "secret".into(),
+                message: e.to_string(),
+            })?;
         let connection = Arc::new(Connection::new(config));
         self.built
             .lock()
@@ -286,7 +288,7 @@ pub fn parse(text: &str) -> Result<ConnectionStatement> {
 /// Checks a connection's settings and its address (the SSRF guard) before it is stored, so
 /// that a typo or a refused host is an error now rather than NULLs in a later query.
 async fn validate(session: &Session, name: &str, entry: &ConnectionEntry) -> Result<()> {
-    let config = config_of(name, entry, &session.engine.secrets)?;
+    let config = config_of(name, entry, &session.engine.secrets, &session.catalog.doc())?;
     Connection::new(config)
         .check_address()
         .await
@@ -353,8 +355,7 @@ pub async fn execute(session: &mut Session, stmt: ConnectionStatement) -> Result
         ConnectionStatement::Alter { name, set, reset } => {
             let mut entry = session
                 .catalog
-                .store()
-                .current()
+                .doc()
                 .connections
                 .get(&name)
                 .cloned()

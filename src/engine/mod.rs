@@ -153,6 +153,7 @@ impl Engine {
             secrets.clone(),
         ));
         crate::collect::pull::register(&ctx);
+        crate::collect::table_fn::register(&ctx, catalog.clone());
         pg_compat::register(&ctx);
         pg_overrides::install(&ctx, catalog.clone()).await?;
         let timestamp_text = Arc::new(pg_text::TimestampText::udf());

@@ -96,7 +96,8 @@ fn message_of(kind: &str, row: Map<String, Value>) -> Option<(i64, Map<String, V
             "received_at" => "receivedAt",
             "event_text" => "event",
             "name" | "category" if kind == "page" || kind == "screen" => col.as_str(),
-            "event" | "loaded_at" => continue,
+            // `violations` is a tracking plan's verdict, not part of the message.
+            "event" | "loaded_at" | "violations" => continue,
             _ => {
                 if v.is_null() {
                     continue;

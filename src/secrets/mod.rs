@@ -142,7 +142,12 @@ impl SecretStore {
 
     /// The value of the secret `name`, decrypted.
     pub fn reveal(&self, name: &str) -> Result<String> {
-        let doc = self.catalog.current();
+        self.reveal_in(&self.catalog.current(), name)
+    }
+
+    /// The value of the secret `name` as `doc` has it (a transaction's staged catalog sees
+    /// the secrets it created).
+    pub fn reveal_in(&self, doc: &crate::catalog::CatalogDoc, name: &str) -> Result<String> {
         let entry = doc.secrets.get(name).ok_or_else(|| TallyError::NotFound {
             kind: "secret",
             name: name.to_string(),

@@ -302,6 +302,9 @@ async fn execute(session: &mut Session, parsed: Parsed) -> Result<Output> {
             users::drop_users(session, names, if_exists).await
         }
         TallyStatement::Source(stmt) => crate::collect::sources::execute(session, stmt).await,
+        TallyStatement::TrackingPlan(stmt) => {
+            crate::collect::plans::statements::execute(session, stmt).await
+        }
         TallyStatement::IdentityGraph(stmt) => {
             crate::identity::statements::execute(session, stmt).await
         }

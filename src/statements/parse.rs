@@ -44,6 +44,8 @@ pub enum TallyStatement {
     },
     /// `CREATE SOURCE`, `ALTER SOURCE ... ROTATE WRITE KEY`, `DROP SOURCE`.
     Source(crate::collect::sources::SourceStatement),
+    /// `CREATE [OR REPLACE] | DROP TRACKING PLAN`.
+    TrackingPlan(crate::collect::plans::statements::PlanStatement),
     /// `CREATE | REFRESH | DROP IDENTITY GRAPH`.
     IdentityGraph(crate::identity::statements::GraphStatement),
     /// `CREATE | ALTER | DROP DESTINATION` and `COPY ... TO DESTINATION`.
@@ -206,6 +208,12 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
     if w(1) == "SOURCE" && matches!(w(0), "CREATE" | "ALTER" | "DROP") {
         return crate::collect::sources::parse(text).map(TallyStatement::Source);
     }
+    if matches!(w(0), "CREATE" | "DROP")
+        && matches!(w(1), "TRACKING" | "OR")
+        && crate::collect::plans::statements::matches(text)
+    {
+        return crate::collect::plans::statements::parse(text).map(TallyStatement::TrackingPlan);
+    }
     if w(1) == "IDENTITY" && w(2) == "GRAPH" && matches!(w(0), "CREATE" | "REFRESH" | "DROP") {
         return crate::identity::statements::parse(text).map(TallyStatement::IdentityGraph);
     }
@@ -256,6 +264,7 @@ fn parse_one(compat: &PostgresCompatibilityParser, text: &str) -> Result<TallySt
             super::rewrite::name_scalar_subqueries(&mut stmt);
             crate::engine::pg_queries::rewrite(&mut stmt);
             super::rewrite::aggregate_catalog_subqueries(&mut stmt);
+            crate::collect::table_fn::positional_args(&mut stmt)?;
             Ok(TallyStatement::Sql(Box::new(stmt)))
         }
         _ => Err(syntax_error("cannot parse statement")),

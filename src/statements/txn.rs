@@ -267,6 +267,30 @@ fn same<T: serde::Serialize>(a: Option<&T>, b: Option<&T>) -> bool {
     }
 }
 
+/// The three-way merge of one map of named objects (see [`merge`]).
+fn merge_map<T: Clone + serde::Serialize>(
+    latest: &mut std::collections::BTreeMap<String, T>,
+    base: &std::collections::BTreeMap<String, T>,
+    staged: &std::collections::BTreeMap<String, T>,
+    kind: &str,
+) -> Result<()> {
+    let names: std::collections::BTreeSet<&String> = base.keys().chain(staged.keys()).collect();
+    for n in names {
+        let (bv, sv) = (base.get(n), staged.get(n));
+        if same(bv, sv) {
+            continue;
+        }
+        if !same(latest.get(n), bv) {
+            return Err(conflict(&format!("{kind} \"{n}\"")));
+        }
+        match sv {
+            Some(v) => latest.insert(n.clone(), v.clone()),
+            None => latest.remove(n),
+        };
+    }
+    Ok(())
+}
+
 fn conflict(what: &str) -> TallyError {
     TallyError::Conflict(format!(
         "could not serialize access: {what} was changed by a concurrent transaction"
@@ -313,17 +337,48 @@ pub fn merge(latest: &mut CatalogDoc, base: &CatalogDoc, staged: &CatalogDoc) ->
             (None, None) => {}
         }
     }
-    let users: std::collections::BTreeSet<&String> =
-        base.users.keys().chain(staged.users.keys()).collect();
-    for u in users {
-        let (bv, sv) = (base.users.get(u), staged.users.get(u));
-        if same(bv, sv) {
-            continue;
-        }
-        match sv {
-            Some(v) => latest.users.insert(u.clone(), v.clone()),
-            None => latest.users.remove(u),
-        };
-    }
+    // Every other kind of named object (users, sources, tracking plans, identity graphs,
+    // destinations, syncs, routes, secrets, connections): what the transaction created,
+    // changed or dropped is applied, and one that another session changed meanwhile is a
+    // serialization failure, as for relations.
+    merge_map(&mut latest.users, &base.users, &staged.users, "user")?;
+    merge_map(
+        &mut latest.sources,
+        &base.sources,
+        &staged.sources,
+        "source",
+    )?;
+    merge_map(
+        &mut latest.tracking_plans,
+        &base.tracking_plans,
+        &staged.tracking_plans,
+        "tracking plan",
+    )?;
+    merge_map(
+        &mut latest.identity_graphs,
+        &base.identity_graphs,
+        &staged.identity_graphs,
+        "identity graph",
+    )?;
+    merge_map(
+        &mut latest.destinations,
+        &base.destinations,
+        &staged.destinations,
+        "destination",
+    )?;
+    merge_map(&mut latest.syncs, &base.syncs, &staged.syncs, "sync")?;
+    merge_map(&mut latest.routes, &base.routes, &staged.routes, "route")?;
+    merge_map(
+        &mut latest.secrets,
+        &base.secrets,
+        &staged.secrets,
+        "secret",
+    )?;
+    merge_map(
+        &mut latest.connections,
+        &base.connections,
+        &staged.connections,
+        "connection",
+    )?;
     Ok(())
 }

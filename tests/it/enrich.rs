@@ -648,3 +648,39 @@ async fn verify_email_speaks_zerobounce() {
     assert_eq!(one[0]["s"], "invalid");
     assert_eq!(seen.lock().singles["nobody@example.com"], 1);
 }
+
+#[tokio::test]
+async fn secrets_and_connections_follow_transactions() {
+    let (addr, _seen) = serve_api().await;
+    let srv = TestServer::start().await;
+    let c = srv.client().await;
+    c.batch_execute(&format!(
+        "BEGIN;
+         CREATE SECRET t_key VALUE '{API_KEY}';
+         CREATE CONNECTION t_api TYPE http WITH (url = 'http://{addr}/company/{{key}}',
+             secret = 't_key', allow_private = 'true');
+         ROLLBACK"
+    ))
+    .await
+    .expect("rolled back");
+    let none = rows(
+        &c,
+        "SELECT (SELECT count(*) FROM tally.secrets) AS s, (SELECT count(*) FROM tally.connections) AS c",
+    )
+    .await;
+    assert_eq!((num(&none[0], "s"), num(&none[0], "c")), (0, 0));
+    c.batch_execute(&format!(
+        "BEGIN;
+         CREATE SECRET t_key VALUE '{API_KEY}';
+         CREATE CONNECTION t_api TYPE http WITH (url = 'http://{addr}/company/{{key}}',
+             secret = 't_key', allow_private = 'true');
+         COMMIT"
+    ))
+    .await
+    .expect("committed");
+    let got = rows(&c, "SELECT enrich('t_api', 'acme', 'score') AS s").await;
+    assert_eq!(got[0]["s"], "4", "the committed connection and secret work");
+    let other = srv.client().await;
+    let seen_by_other = rows(&other, "SELECT name FROM tally.connections").await;
+    assert_eq!(seen_by_other.len(), 1);
+}

@@ -20,4 +20,5 @@ mod storage;
 mod streams;
 mod sync_resume;
 mod syncs;
+mod tracking_plans;
 mod wire;

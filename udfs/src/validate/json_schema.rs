@@ -11,7 +11,9 @@ use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
-use jsonschema::{Draft, Validator};
+use jsonschema::Draft;
+pub use jsonschema::Validator;
+use jsonschema::error::ValidationErrorKind;
 
 use super::util::{expect_args, finish, for_each_str2, literal_text, to_arrays};
 
@@ -44,11 +46,86 @@ pub fn violations_type() -> DataType {
 pub fn compile_schema(schema_text: &str) -> std::result::Result<Validator, String> {
     let schema: serde_json::Value =
         serde_json::from_str(schema_text).map_err(|e| format!("not valid JSON: {e}"))?;
+    compile_schema_value(&schema)
+}
+
+/// [`compile_schema`] for a schema already parsed, as tracking plans hold them: the same
+/// draft, format assertions and no remote `$ref`s, so a plan validates at ingest exactly as
+/// `json_schema_errors` does in SQL.
+pub fn compile_schema_value(schema: &serde_json::Value) -> std::result::Result<Validator, String> {
     jsonschema::options()
         .with_draft(Draft::Draft202012)
         .should_validate_formats(true)
-        .build(&schema)
+        .build(schema)
         .map_err(|e| format!("not a valid JSON Schema: {e}"))
+}
+
+/// One way a document violates a schema, split to one property where the keyword names
+/// several: a missing `required` property and each property `additionalProperties` (or
+/// `unevaluatedProperties`) refuses get their own violation whose path points at the
+/// property, so reports can count violations per property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaViolation {
+    /// JSON Pointer into the document (`/price`, `/items/0/sku`; `""` for the document).
+    pub path: String,
+    /// The JSON Schema keyword that failed (`type`, `required`, `additionalProperties`, ...).
+    pub keyword: String,
+    /// What is wrong, as the validator words it.
+    pub message: String,
+}
+
+/// Escapes a property name as a JSON Pointer token (RFC 6901).
+fn pointer_token(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+/// Every violation of `instance` against `validator`, at most `limit` of them (a document
+/// can violate a schema in very many ways; the first ones are enough to act on).
+pub fn schema_violations(
+    validator: &Validator,
+    instance: &serde_json::Value,
+    limit: usize,
+) -> Vec<SchemaViolation> {
+    let mut out = Vec::new();
+    for e in validator.iter_errors(instance) {
+        if out.len() >= limit {
+            break;
+        }
+        let base = e.instance_path().as_str().to_owned();
+        let keyword = e.kind().keyword().to_owned();
+        match e.kind() {
+            ValidationErrorKind::Required { property } => {
+                let name = property
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| property.to_string());
+                out.push(SchemaViolation {
+                    path: format!("{base}/{}", pointer_token(&name)),
+                    keyword,
+                    message: e.to_string(),
+                });
+            }
+            ValidationErrorKind::AdditionalProperties { unexpected }
+            | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                for name in unexpected {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push(SchemaViolation {
+                        path: format!("{base}/{}", pointer_token(name)),
+                        keyword: keyword.clone(),
+                        message: format!("property \"{name}\" is not allowed here"),
+                    });
+                }
+            }
+            _ => out.push(SchemaViolation {
+                path: base,
+                keyword,
+                message: e.to_string(),
+            }),
+        }
+    }
+    out
 }
 
 /// `json_schema_errors(json, schema) -> list<struct<path text, message text>>`: the ways
@@ -201,6 +278,32 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs.iter().any(|(p, _)| p == "/id"));
         assert!(errs.iter().any(|(p, _)| p == "/email"));
+    }
+
+    #[test]
+    fn violations_are_split_per_property() {
+        let v = compile_schema(
+            r#"{"type":"object","required":["id","sku"],"additionalProperties":false,
+                "properties":{"id":{"type":"integer"},"sku":{"type":"string"},"a/b":{}}}"#,
+        )
+        .unwrap();
+        let doc = serde_json::json!({"id": "x", "extra": 1, "more": 2});
+        let mut got: Vec<(String, String)> = schema_violations(&v, &doc, 100)
+            .into_iter()
+            .map(|v| (v.path, v.keyword))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("/extra".to_owned(), "additionalProperties".to_owned()),
+                ("/id".to_owned(), "type".to_owned()),
+                ("/more".to_owned(), "additionalProperties".to_owned()),
+                ("/sku".to_owned(), "required".to_owned()),
+            ]
+        );
+        assert_eq!(schema_violations(&v, &doc, 2).len(), 2);
+        assert!(schema_violations(&v, &serde_json::json!({"id": 1, "sku": "s"}), 10).is_empty());
     }
 
     #[test]
