@@ -28,7 +28,7 @@ use crate::catalog::DestinationEntry;
 use crate::engine::Session;
 use crate::error::{Result, TallyError, unwrap_datafusion};
 use crate::statements::tokens::{Tokens, syntax};
-use crate::statements::{Completion, Output, change_catalog, query};
+use crate::statements::{Completion, Output, change_catalog, drop_completion, drop_named, query};
 
 /// A parsed activation statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,25 +176,7 @@ pub fn parse(text: &str) -> Result<ActivateStatement> {
             }
         }
         "drop" => {
-            let mut i = 2;
-            let mut if_exists = false;
-            if t.kw(i, "if") && t.kw(i + 1, "exists") {
-                if_exists = true;
-                i += 2;
-            }
-            let mut names = Vec::new();
-            while let Some(n) = t.ident(i) {
-                names.push(n);
-                i += 1;
-                if matches!(t.tok(i), Some(Token::Comma)) {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            if names.is_empty() || !t.end(i) {
-                return Err(syntax("DROP DESTINATION [IF EXISTS] name [, ...]"));
-            }
+            let (names, if_exists) = t.drop_list(2, "DROP DESTINATION [IF EXISTS] name [, ...]")?;
             Ok(ActivateStatement::Drop { names, if_exists })
         }
         "copy" => {
@@ -325,29 +307,13 @@ pub async fn execute(session: &mut Session, stmt: ActivateStatement) -> Result<O
         }
         ActivateStatement::Drop { names, if_exists } => {
             let missing = change_catalog(session, |doc| {
-                let mut missing = Vec::new();
-                for n in &names {
-                    if doc.destinations.remove(n).is_none() {
-                        if !if_exists {
-                            return Err(TallyError::NotFound {
-                                kind: "destination",
-                                name: n.clone(),
-                            });
-                        }
-                        missing.push(n.clone());
-                    }
-                }
-                Ok(missing)
+                drop_named(&mut doc.destinations, &names, if_exists, "destination")
             })
             .await?;
             for n in &names {
                 session.engine.activation.forget(n);
             }
-            let mut c = Completion::tag("DROP DESTINATION");
-            for n in missing {
-                c = c.with_notice(format!("destination \"{n}\" does not exist, skipping"));
-            }
-            Ok(Output::Command(c))
+            Ok(drop_completion("DROP DESTINATION", "destination", missing))
         }
         ActivateStatement::Copy {
             query,

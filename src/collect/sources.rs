@@ -16,7 +16,7 @@ use rand::distr::Alphanumeric;
 use crate::catalog::{PlanMode, SYSTEM_SCHEMAS, SourceEntry, SourcePlan};
 use crate::engine::Session;
 use crate::error::{Result, TallyError};
-use crate::statements::{Completion, Output, change_catalog};
+use crate::statements::{Completion, Output, change_catalog, drop_completion, drop_named};
 
 /// Source types tally can create.
 pub const SOURCE_TYPES: &[&str] = &["tracking_api"];
@@ -302,26 +302,10 @@ pub async fn execute(session: &mut Session, stmt: SourceStatement) -> Result<Out
         }
         SourceStatement::Drop { names, if_exists } => {
             let missing = change_catalog(session, |doc| {
-                let mut missing = Vec::new();
-                for n in &names {
-                    if doc.sources.remove(n).is_none() {
-                        if !if_exists {
-                            return Err(TallyError::NotFound {
-                                kind: "source",
-                                name: n.clone(),
-                            });
-                        }
-                        missing.push(n.clone());
-                    }
-                }
-                Ok(missing)
+                drop_named(&mut doc.sources, &names, if_exists, "source")
             })
             .await?;
-            let mut c = Completion::tag("DROP SOURCE");
-            for n in missing {
-                c = c.with_notice(format!("source \"{n}\" does not exist, skipping"));
-            }
-            Ok(Output::Command(c))
+            Ok(drop_completion("DROP SOURCE", "source", missing))
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::engine::Session;
 use crate::error::{Result, TallyError};
 use crate::secrets::SecretStore;
 use crate::statements::tokens::{Tokens, syntax};
-use crate::statements::{Completion, Output, change_catalog};
+use crate::statements::{Completion, Output, change_catalog, drop_completion, drop_named};
 
 /// Maps an enrichment error to the SQLSTATE that fits.
 pub fn to_tally(e: EnrichError) -> TallyError {
@@ -103,8 +103,8 @@ impl CatalogConnections {
         self.built.lock().get(name).map(|(_, c)| c.clone())
     }
 
-    fn fingerprint(&self, entry: &ConnectionEntry) -> String {
-        let doc = self.catalog.current();
+    /// What a built connection depends on: its entry and its secret's ciphertext.
+    fn fingerprint(doc: &crate::catalog::CatalogDoc, entry: &ConnectionEntry) -> String {
         let secret = entry
             .options
             .get("secret")
@@ -122,7 +122,7 @@ impl ConnectionRegistry for CatalogConnections {
             .connections
             .get(name)
             .ok_or_else(|| EnrichError::UnknownConnection(name.to_string()))?;
-        let fingerprint = self.fingerprint(entry);
+        let fingerprint = Self::fingerprint(&doc, entry);
         if let Some((f, c)) = self.built.lock().get(name)
             && *f == fingerprint
         {
@@ -261,24 +261,7 @@ pub fn parse(text: &str) -> Result<ConnectionStatement> {
             }
         }
         Some("drop") => {
-            let mut i = 2;
-            let if_exists = t.kw(i, "if") && t.kw(i + 1, "exists");
-            if if_exists {
-                i += 2;
-            }
-            let mut names = Vec::new();
-            while let Some(n) = t.ident(i) {
-                names.push(n);
-                i += 1;
-                if matches!(t.tok(i), Some(Token::Comma)) {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            if names.is_empty() || !t.end(i) {
-                return Err(syntax("DROP CONNECTION [IF EXISTS] name [, ...]"));
-            }
+            let (names, if_exists) = t.drop_list(2, "DROP CONNECTION [IF EXISTS] name [, ...]")?;
             Ok(ConnectionStatement::Drop { names, if_exists })
         }
         _ => Err(syntax("expected CREATE, ALTER or DROP CONNECTION")),
@@ -385,26 +368,10 @@ pub async fn execute(session: &mut Session, stmt: ConnectionStatement) -> Result
         }
         ConnectionStatement::Drop { names, if_exists } => {
             let missing = change_catalog(session, |doc| {
-                let mut missing = Vec::new();
-                for n in &names {
-                    if doc.connections.remove(n).is_none() {
-                        if !if_exists {
-                            return Err(TallyError::NotFound {
-                                kind: "connection",
-                                name: n.clone(),
-                            });
-                        }
-                        missing.push(n.clone());
-                    }
-                }
-                Ok(missing)
+                drop_named(&mut doc.connections, &names, if_exists, "connection")
             })
             .await?;
-            let mut c = Completion::tag("DROP CONNECTION");
-            for n in missing {
-                c = c.with_notice(format!("connection \"{n}\" does not exist, skipping"));
-            }
-            Ok(Output::Command(c))
+            Ok(drop_completion("DROP CONNECTION", "connection", missing))
         }
     }
 }

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use datafusion::sql::sqlparser::tokenizer::Token;
 
 use super::events::Transformer;
 use super::runner::RouteOptions;
@@ -135,25 +134,7 @@ pub fn parse(text: &str) -> Result<RouteStatement> {
             Ok(RouteStatement::Alter { name, pause })
         }
         "drop" => {
-            let mut i = 2;
-            let mut if_exists = false;
-            if t.kw(i, "if") && t.kw(i + 1, "exists") {
-                if_exists = true;
-                i += 2;
-            }
-            let mut names = Vec::new();
-            while let Some(n) = t.ident(i) {
-                names.push(n);
-                i += 1;
-                if matches!(t.tok(i), Some(Token::Comma)) {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            if names.is_empty() || !t.end(i) {
-                return Err(syntax("DROP ROUTE [IF EXISTS] name [, ...]"));
-            }
+            let (names, if_exists) = t.drop_list(2, "DROP ROUTE [IF EXISTS] name [, ...]")?;
             Ok(RouteStatement::Drop { names, if_exists })
         }
         "replay" => {

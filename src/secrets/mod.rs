@@ -32,7 +32,7 @@ use crate::catalog::{CatalogStore, SecretEntry};
 use crate::engine::Session;
 use crate::error::{Result, TallyError};
 use crate::statements::tokens::{Tokens, syntax};
-use crate::statements::{Completion, Output, change_catalog};
+use crate::statements::{Completion, Output, change_catalog, drop_completion, drop_named};
 
 /// The environment variable holding the secrets key.
 pub const KEY_ENV: &str = "TALLY_SECRETS_KEY";
@@ -353,27 +353,7 @@ pub fn parse(text: &str) -> Result<SecretStatement> {
             Ok(SecretStatement::Alter { name, value })
         }
         Some("drop") => {
-            let mut i = 2;
-            let if_exists = t.kw(i, "if") && t.kw(i + 1, "exists");
-            if if_exists {
-                i += 2;
-            }
-            let mut names = Vec::new();
-            while let Some(n) = t.ident(i) {
-                names.push(n);
-                i += 1;
-                if matches!(
-                    t.tok(i),
-                    Some(datafusion::sql::sqlparser::tokenizer::Token::Comma)
-                ) {
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            if names.is_empty() || !t.end(i) {
-                return Err(syntax("DROP SECRET [IF EXISTS] name [, ...]"));
-            }
+            let (names, if_exists) = t.drop_list(2, "DROP SECRET [IF EXISTS] name [, ...]")?;
             Ok(SecretStatement::Drop { names, if_exists })
         }
         _ => Err(syntax("expected CREATE, ALTER or DROP SECRET")),
@@ -450,7 +430,6 @@ pub async fn execute(session: &mut Session, stmt: SecretStatement) -> Result<Out
         }
         SecretStatement::Drop { names, if_exists } => {
             let missing = change_catalog(session, |doc| {
-                let mut missing = Vec::new();
                 for n in &names {
                     if let Some((c, _)) = doc
                         .connections
@@ -464,24 +443,11 @@ pub async fn execute(session: &mut Session, stmt: SecretStatement) -> Result<Out
                             ),
                         });
                     }
-                    if doc.secrets.remove(n).is_none() {
-                        if !if_exists {
-                            return Err(TallyError::NotFound {
-                                kind: "secret",
-                                name: n.clone(),
-                            });
-                        }
-                        missing.push(n.clone());
-                    }
                 }
-                Ok(missing)
+                drop_named(&mut doc.secrets, &names, if_exists, "secret")
             })
             .await?;
-            let mut c = Completion::tag("DROP SECRET");
-            for n in missing {
-                c = c.with_notice(format!("secret \"{n}\" does not exist, skipping"));
-            }
-            Ok(Output::Command(c))
+            Ok(drop_completion("DROP SECRET", "secret", missing))
         }
     }
 }

@@ -375,6 +375,38 @@ fn statement_kind(stmt: &Statement) -> String {
         .join(" ")
 }
 
+/// `DROP <object> [IF EXISTS] name [, ...]` on one of the catalog's maps of named objects:
+/// removes each name; a missing one is an error, or with IF EXISTS is returned so that the
+/// completion can say it was skipped ([`drop_completion`]).
+pub fn drop_named<T>(
+    map: &mut std::collections::BTreeMap<String, T>,
+    names: &[String],
+    if_exists: bool,
+    kind: &'static str,
+) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for n in names {
+        if map.remove(n).is_none() {
+            if !if_exists {
+                return Err(TallyError::NotFound {
+                    kind,
+                    name: n.clone(),
+                });
+            }
+            missing.push(n.clone());
+        }
+    }
+    Ok(missing)
+}
+
+/// The completion of a [`drop_named`] DROP: `tag`, with a notice for each skipped name.
+pub fn drop_completion(tag: &str, kind: &str, missing: Vec<String>) -> Output {
+    let c = missing.into_iter().fold(Completion::tag(tag), |c, n| {
+        c.with_notice(format!("{kind} \"{n}\" does not exist, skipping"))
+    });
+    Output::Command(c)
+}
+
 /// Applies a catalog change: to the transaction's staged copy inside a transaction block,
 /// else committed at once as a new catalog version.
 pub async fn change_catalog<T>(

@@ -111,6 +111,30 @@ impl Tokens {
             .to_string()
     }
 
+    /// `[IF EXISTS] name [, ...]` from token `i` to the end of the statement, as every
+    /// `DROP <object>` of tally's own statements takes it: the names and whether IF EXISTS
+    /// was given. `usage` is the syntax error's text.
+    pub fn drop_list(&self, mut i: usize, usage: &str) -> Result<(Vec<String>, bool)> {
+        let if_exists = self.kw(i, "if") && self.kw(i + 1, "exists");
+        if if_exists {
+            i += 2;
+        }
+        let mut names = Vec::new();
+        while let Some(n) = self.ident(i) {
+            names.push(n);
+            i += 1;
+            if matches!(self.tok(i), Some(Token::Comma)) {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if names.is_empty() || !self.end(i) {
+            return Err(syntax(usage));
+        }
+        Ok((names, if_exists))
+    }
+
     /// `(key = value, ...)` starting at the `(` at `i`; returns the options and the position
     /// after `)`.
     pub fn options(&self, mut i: usize) -> Result<(BTreeMap<String, String>, usize)> {
